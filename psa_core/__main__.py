@@ -1,0 +1,3 @@
+from psa_core.cli import main
+
+raise SystemExit(main())

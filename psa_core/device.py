@@ -1,0 +1,24 @@
+"""Device selection: the one place that decides between CUDA and CPU."""
+
+from __future__ import annotations
+
+import torch
+
+from psa_core.errors import PsaError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """Map a config value to a torch device.
+
+    Args:
+        name: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PsaError(f"device '{name}': CUDA is not available here; set device: auto or cpu")
+        return torch.device(name)
+    raise PsaError(f"device '{name}': unknown; use auto, cpu, cuda or cuda:N")

@@ -1,0 +1,225 @@
+"""All file I/O of the pipeline: images, masks, JSON, weights, CAM shards.
+
+Every artifact is written atomically: to a temporary name in the same folder,
+then renamed over the target, so a killed job never leaves a file that looks
+complete and never damages a finished one (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from psa_core import __version__
+from psa_core.constants import voc_palette
+from psa_core.errors import PsaError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` on success.
+
+    On any exception (or KeyboardInterrupt) the temporary file is removed and
+    `path` is left as it was.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def provenance(**values: Any) -> dict[str, Any]:
+    """Attributes stored with an artifact: the code version plus `values`."""
+    return {"psa_core_version": __version__, **values}
+
+
+# -- JSON / text ------------------------------------------------------------
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise PsaError(f"{path}: file not found; run the step that makes it first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PsaError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); delete it and rerun") from None
+
+
+def write_lines(path: str | os.PathLike, lines: list[str]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in lines))
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise PsaError(f"{path}: file not found; check the path or run the step that makes it")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+# -- images and masks -------------------------------------------------------
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB; PsaError if missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise PsaError(f"{path}: image not found; check the dataset root and the image list")
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise PsaError(f"{path}: cannot decode image ({exc}); replace or remove it from the list") from None
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a label mask (palette or grey PNG) as (H, W) uint8 class indices."""
+    path = Path(path)
+    if not path.is_file():
+        raise PsaError(f"{path}: mask not found; check the dataset root and the image list")
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("P", "L"):
+                raise PsaError(
+                    f"{path}: mask has mode {img.mode}; expected a palette (P) or grey (L) PNG "
+                    "of class indices"
+                )
+            return np.asarray(img, dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise PsaError(f"{path}: cannot decode mask ({exc}); replace it") from None
+
+
+def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
+    """Write (H, W) uint8 class indices as a palette PNG in VOC colours."""
+    img = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
+    img.putpalette(voc_palette())
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -> None:
+    """Write (H, W, 3) uint8 RGB; JPEG for .jpg/.jpeg, else by suffix."""
+    path = Path(path)
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else None
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(
+            tmp, format=fmt or Image.registered_extensions()[path.suffix.lower()], quality=quality
+        )
+
+
+# -- weights ----------------------------------------------------------------
+
+
+def save_torch(path: str | os.PathLike, obj: Mapping[str, Any]) -> None:
+    """Atomically `torch.save` a dict of tensors / plain values (no pickled objects)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(dict(obj), tmp)
+
+
+def load_torch(path: str | os.PathLike, what: str = "weights") -> dict[str, Any]:
+    """`torch.load(..., weights_only=True)` on CPU with one-line errors."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise PsaError(f"{path}: {what} file not found; check the path in config.yaml")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PsaError(
+            f"{path}: cannot read {what} ({first}); the file is corrupt or not a weights-only "
+            "PyTorch file: re-export it with torch.save(state_dict)"
+        ) from None
+    if not isinstance(obj, dict):
+        raise PsaError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    return obj
+
+
+# -- CAM / score shards (HDF5) ----------------------------------------------
+
+
+def write_score_shard(
+    path: str | os.PathLike,
+    scores: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    attrs: Mapping[str, Any],
+    dtype: str = "float16",
+) -> None:
+    """Write one HDF5 shard: a dataset per image holding (C, H, W) scores.
+
+    Args:
+        scores: image name -> (maps (C, H, W) float, class_ids (C,) int); the
+            ids are stored as the dataset's `class_ids` attribute.
+        attrs: file attributes (config values); the code version is added.
+        dtype: storage type, "float16" or "float32"; gzip-compressed.
+    """
+    import h5py
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for key, value in provenance(**attrs).items():
+            f.attrs[key] = _h5_attr(value)
+        for name, (maps, class_ids) in scores.items():
+            maps = np.asarray(maps, dtype=dtype)
+            chunks = (1, *maps.shape[1:]) if maps.ndim == 3 and maps.shape[0] > 0 else None
+            ds = f.create_dataset(
+                name, data=maps, compression="gzip", compression_opts=4, shuffle=True, chunks=chunks
+            )
+            ds.attrs["class_ids"] = np.asarray(class_ids, dtype=np.int64)
+
+
+def read_score_shard(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    """Read a shard written by `write_score_shard`: ({name: (maps float32, ids)}, attrs)."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise PsaError(f"{path}: score shard not found; run the inference step that makes it")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: _py_attr(v) for k, v in f.attrs.items()}
+            data = {
+                name: (ds[()].astype(np.float32), np.asarray(ds.attrs["class_ids"], dtype=np.int64))
+                for name, ds in f.items()
+            }
+    except OSError as exc:
+        raise PsaError(f"{path}: cannot read HDF5 shard ({exc}); delete it and rerun") from None
+    return data, attrs
+
+
+def _h5_attr(value: Any) -> Any:
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value)
+    return value
+
+
+def _py_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
