@@ -63,7 +63,9 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise PsaError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); delete it and rerun") from None
+        raise PsaError(
+            f"{path}: not valid JSON ({exc.msg}, line {exc.lineno}); delete it and rerun"
+        ) from None
 
 
 def write_lines(path: str | os.PathLike, lines: list[str]) -> None:
@@ -90,7 +92,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise PsaError(f"{path}: cannot decode image ({exc}); replace or remove it from the list") from None
+        raise PsaError(
+            f"{path}: cannot decode image ({exc}); replace or remove it from the list"
+        ) from None
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -190,7 +194,9 @@ def write_score_shard(
             ds.attrs["class_ids"] = np.asarray(class_ids, dtype=np.int64)
 
 
-def read_score_shard(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+def read_score_shard(
+    path: str | os.PathLike,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
     """Read a shard written by `write_score_shard`: ({name: (maps float32, ids)}, attrs)."""
     import h5py
 

@@ -1,15 +1,19 @@
 """Image transforms written with numpy / PIL / torch (no torchvision).
 
 `Normalization` is each backbone's input convention; training augmentation
-and inference both go through it.
+and inference both go through it. The training augmentation of DESIGN.md
+§1.1 follows below as pure functions of an explicit `np.random.Generator`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image, ImageEnhance
 
 
 @dataclass(frozen=True)
@@ -46,3 +50,303 @@ IMAGENET_NORMALIZATION = Normalization(
 
 CAFFE_VGG_NORMALIZATION = Normalization(mean=(122.675, 116.669, 104.008), bgr=True)
 """DeepLab / Caffe VGG-16: RGB means subtracted, then BGR order, no scaling."""
+
+
+# -- training augmentation (DESIGN.md §1.1) ----------------------------------
+#
+# Pure functions: every random choice comes from an explicit
+# `np.random.Generator`, so a sample's augmentation is a function of its seed.
+# Spatial functions take arrays whose first two axes are (H, W): images
+# (H, W, 3) uint8, label maps (H, W), score stacks (H, W, C) (move the channel
+# axis of a (C, H, W) stack last with `np.moveaxis(scores, 0, -1)`). The
+# random ones take a list of arrays of the same (H, W) and apply one draw to
+# all of them, so image, scores and labels stay aligned.
+
+CROP_SIZE = 448
+"""Side of the square training crop."""
+
+RESIZE_LONG = (256, 512)
+"""Range (inclusive) of the long side after the random resize."""
+
+COLOR_JITTER = (0.3, 0.3, 0.3, 0.1)
+"""Brightness, contrast, saturation, hue strengths of the colour jitter."""
+
+_PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+def _per_array(value: Any, count: int, what: str) -> list[Any]:
+    """Broadcast one option to `count` arrays, or check a per-array sequence."""
+    if isinstance(value, str) or np.isscalar(value):
+        return [value] * count
+    values = list(value)
+    if len(values) != count:
+        raise ValueError(f"{what}: {len(values)} values for {count} arrays")
+    return values
+
+
+def long_side_size(size_hw: tuple[int, int], long_side: int) -> tuple[int, int]:
+    """(H, W) scaled so that max(H, W) == long_side, aspect kept (rounded)."""
+    h, w = size_hw
+    if w < h:
+        return long_side, max(1, round(w * long_side / h))
+    return max(1, round(h * long_side / w)), long_side
+
+
+def resize(
+    array: np.ndarray, size_hw: tuple[int, int], interpolation: str = "bilinear"
+) -> np.ndarray:
+    """Resize an (H, W) or (H, W, C) array to `size_hw` with PIL.
+
+    Args:
+        array: uint8 images go through PIL in 8 bits (an (H, W, 3) one as RGB);
+            any other dtype goes channel by channel as float32 ("F" mode) and
+            is cast back, so integer label maps stay exact with "nearest".
+        size_hw: target (height, width).
+        interpolation: "nearest", "bilinear" or "bicubic" (PIL's filters,
+            antialiased when shrinking).
+
+    Returns:
+        (h, w) or (h, w, C) array of the input dtype.
+    """
+    if interpolation not in _PIL_FILTERS:
+        raise ValueError(f"interpolation '{interpolation}': use one of {sorted(_PIL_FILTERS)}")
+    array = np.asarray(array)
+    h, w = int(size_hw[0]), int(size_hw[1])
+    if array.shape[:2] == (h, w):
+        return array.copy()
+    resample = _PIL_FILTERS[interpolation]
+    if array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
+        return np.asarray(Image.fromarray(array, mode="RGB").resize((w, h), resample=resample))
+    planes = array.reshape(*array.shape[:2], -1)
+    work = np.uint8 if array.dtype == np.uint8 else np.float32
+    out = np.empty((h, w, planes.shape[2]), dtype=array.dtype)
+    for c in range(planes.shape[2]):
+        plane = Image.fromarray(np.ascontiguousarray(planes[..., c], dtype=work))
+        out[..., c] = np.asarray(plane.resize((w, h), resample=resample))
+    return out.reshape(h, w, *array.shape[2:])
+
+
+def random_resize_long(
+    arrays: Sequence[np.ndarray],
+    lo: int,
+    hi: int,
+    *,
+    rng: np.random.Generator,
+    interpolations: str | Sequence[str] = "bicubic",
+) -> list[np.ndarray]:
+    """Resize all arrays so their long side is one random integer in [lo, hi].
+
+    The reference's `RandomResizeLong` (PIL bicubic for images); give score
+    maps "bilinear" and label maps "nearest" via `interpolations`.
+    """
+    if not 0 < lo <= hi:
+        raise ValueError(f"resize range ({lo}, {hi}): need 0 < lo <= hi")
+    long_side = int(rng.integers(lo, hi + 1))
+    size_hw = long_side_size(arrays[0].shape[:2], long_side)
+    modes = _per_array(interpolations, len(arrays), "interpolations")
+    return [resize(a, size_hw, mode) for a, mode in zip(arrays, modes, strict=True)]
+
+
+def hflip(array: np.ndarray) -> np.ndarray:
+    """Mirror the W axis (axis 1) of an (H, W, ...) array; a contiguous copy."""
+    return np.ascontiguousarray(np.asarray(array)[:, ::-1])
+
+
+def random_hflip(
+    arrays: Sequence[np.ndarray], *, rng: np.random.Generator, p: float = 0.5
+) -> list[np.ndarray]:
+    """Mirror all arrays horizontally with probability `p` (one draw for all)."""
+    if rng.random() < p:
+        return [hflip(a) for a in arrays]
+    return [np.asarray(a) for a in arrays]
+
+
+def _jitter_brightness(img: Image.Image, factor: float) -> Image.Image:
+    return ImageEnhance.Brightness(img).enhance(factor)
+
+
+def _jitter_contrast(img: Image.Image, factor: float) -> Image.Image:
+    return ImageEnhance.Contrast(img).enhance(factor)
+
+
+def _jitter_saturation(img: Image.Image, factor: float) -> Image.Image:
+    return ImageEnhance.Color(img).enhance(factor)
+
+
+def _jitter_hue(img: Image.Image, factor: float) -> Image.Image:
+    # torchvision's PIL path: rotate the 8-bit hue channel of HSV, wrapping.
+    h, s, v = img.convert("HSV").split()
+    shift = int(factor * 255)
+    hue = ((np.asarray(h, dtype=np.int16) + shift) % 256).astype(np.uint8)
+    return Image.merge("HSV", (Image.fromarray(hue, mode="L"), s, v)).convert("RGB")
+
+
+def color_jitter(
+    image: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    brightness: float = COLOR_JITTER[0],
+    contrast: float = COLOR_JITTER[1],
+    saturation: float = COLOR_JITTER[2],
+    hue: float = COLOR_JITTER[3],
+) -> np.ndarray:
+    """torchvision's `ColorJitter` on an (H, W, 3) uint8 RGB image.
+
+    Brightness, contrast and saturation factors are uniform in
+    [max(0, 1 - s), 1 + s] (PIL `ImageEnhance`: blend with black, the mean
+    grey, the greyscale image); the hue shift is uniform in [-hue, hue] turns
+    of the HSV hue. The four run in a random order; a strength of 0 skips its
+    operation, so all-zero strengths return the image unchanged.
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    if min(brightness, contrast, saturation, hue) < 0 or hue > 0.5:
+        raise ValueError(
+            f"color jitter ({brightness}, {contrast}, {saturation}, {hue}): strengths must be "
+            ">= 0 and hue <= 0.5"
+        )
+    # Always draw the order and all four factors so the stream does not
+    # depend on which strengths are zero.
+    order = rng.permutation(4)
+    factors = [rng.uniform(max(0.0, 1.0 - s), 1.0 + s) for s in (brightness, contrast, saturation)]
+    factors.append(rng.uniform(-hue, hue))
+    ops = [
+        (brightness, _jitter_brightness),
+        (contrast, _jitter_contrast),
+        (saturation, _jitter_saturation),
+        (hue, _jitter_hue),
+    ]
+    img = Image.fromarray(np.asarray(image, dtype=np.uint8), mode="RGB")
+    for i in order:
+        strength, op = ops[i]
+        if strength > 0:
+            img = op(img, float(factors[i]))
+    return np.asarray(img, dtype=np.uint8).copy()
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A crop window: the source region and where it lands in the output.
+
+    The output is (out_h, out_w); rows [dst_top, dst_top + height) and columns
+    [dst_left, dst_left + width) receive the source rows [src_top, ...) and
+    columns [src_left, ...); the rest is padding.
+    """
+
+    src_top: int
+    src_left: int
+    dst_top: int
+    dst_left: int
+    height: int
+    width: int
+    out_h: int
+    out_w: int
+
+
+def _crop_axis(rng: np.random.Generator | None, size: int, crop: int) -> tuple[int, int, int]:
+    """(src offset, dst offset, extent) along one axis; centred when rng is None."""
+    space = size - crop
+    if space > 0:
+        offset = int(rng.integers(space + 1)) if rng is not None else round(space / 2)
+        return offset, 0, crop
+    offset = int(rng.integers(-space + 1)) if rng is not None else round(-space / 2)
+    return 0, offset, size
+
+
+def _as_hw(crop: int | tuple[int, int]) -> tuple[int, int]:
+    ch, cw = (crop, crop) if isinstance(crop, int) else crop
+    if ch <= 0 or cw <= 0:
+        raise ValueError(f"crop size {crop}: must be positive")
+    return int(ch), int(cw)
+
+
+def random_crop_box(
+    size_hw: tuple[int, int], crop: int | tuple[int, int], *, rng: np.random.Generator
+) -> CropBox:
+    """The reference's random crop: a random window where the image is larger
+    than `crop`, the whole image at a random place in the output where smaller.
+    """
+    ch, cw = _as_hw(crop)
+    sy, dy, eh = _crop_axis(rng, size_hw[0], ch)
+    sx, dx, ew = _crop_axis(rng, size_hw[1], cw)
+    return CropBox(sy, sx, dy, dx, eh, ew, ch, cw)
+
+
+def center_crop_box(size_hw: tuple[int, int], crop: int | tuple[int, int]) -> CropBox:
+    """A centred window (the reference's `CenterCrop`), padded where smaller."""
+    ch, cw = _as_hw(crop)
+    sy, dy, eh = _crop_axis(None, size_hw[0], ch)
+    sx, dx, ew = _crop_axis(None, size_hw[1], cw)
+    return CropBox(sy, sx, dy, dx, eh, ew, ch, cw)
+
+
+def crop(array: np.ndarray, box: CropBox, pad_value: float = 0) -> np.ndarray:
+    """Cut `box` out of an (H, W, ...) array; outside the image is `pad_value`.
+
+    Returns:
+        (box.out_h, box.out_w, ...) array of the input dtype.
+    """
+    array = np.asarray(array)
+    out = np.full((box.out_h, box.out_w, *array.shape[2:]), pad_value, dtype=array.dtype)
+    out[box.dst_top : box.dst_top + box.height, box.dst_left : box.dst_left + box.width] = array[
+        box.src_top : box.src_top + box.height, box.src_left : box.src_left + box.width
+    ]
+    return out
+
+
+def random_crop(
+    arrays: Sequence[np.ndarray],
+    crop_size: int | tuple[int, int],
+    *,
+    rng: np.random.Generator,
+    pad_values: float | Sequence[float] = 0,
+) -> list[np.ndarray]:
+    """Crop all arrays with one random box (`random_crop_box` of the first).
+
+    `pad_values`: per array, e.g. (0, IGNORE_INDEX) for an image and its labels.
+    """
+    box = random_crop_box(arrays[0].shape[:2], crop_size, rng=rng)
+    pads = _per_array(pad_values, len(arrays), "pad_values")
+    return [crop(a, box, pad) for a, pad in zip(arrays, pads, strict=True)]
+
+
+@dataclass(frozen=True)
+class CamTrainTransform:
+    """The CAM stage's training augmentation (DESIGN.md §1.1), in the
+    reference's order: random resize of the long side, horizontal flip,
+    colour jitter, normalise, random crop with zero padding (after
+    normalising, so padding is the mean colour).
+
+    `resize_long=None` skips the resize; `color_jitter` is (brightness,
+    contrast, saturation, hue).
+    """
+
+    normalization: Normalization
+    crop_size: int = CROP_SIZE
+    resize_long: tuple[int, int] | None = RESIZE_LONG
+    flip: bool = True
+    color_jitter: tuple[float, float, float, float] = COLOR_JITTER
+
+    def __post_init__(self) -> None:
+        _as_hw(self.crop_size)
+        if self.resize_long is not None and not 0 < self.resize_long[0] <= self.resize_long[1]:
+            raise ValueError(f"resize_long {self.resize_long}: need 0 < lo <= hi")
+        if len(self.color_jitter) != 4:
+            raise ValueError(f"color_jitter {self.color_jitter}: need 4 values")
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """image: (H, W, 3) uint8 RGB -> (3, crop_size, crop_size) float32."""
+        if self.resize_long is not None:
+            (image,) = random_resize_long([image], *self.resize_long, rng=rng)
+        if self.flip:
+            (image,) = random_hflip([image], rng=rng)
+        b, c, s, h = self.color_jitter
+        image = color_jitter(image, rng=rng, brightness=b, contrast=c, saturation=s, hue=h)
+        x = self.normalization.numpy(image).transpose(1, 2, 0)
+        (x,) = random_crop([x], self.crop_size, rng=rng, pad_values=0.0)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))

@@ -1,0 +1,186 @@
+"""Class activation maps at inference: multi-scale fusion and CAM segmentation.
+
+DESIGN.md §1.1 (inference). The model contract: `model.normalization` maps a
+(B, 3, H, W) float RGB tensor in [0, 255] to the network input, and
+`model.cam(x)` returns (B, K, h, w) ReLU class activation maps at stride 8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from psa_core.constants import BACKGROUND_INDEX, IGNORE_INDEX
+from psa_core.errors import PsaError
+
+DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+"""Published inference scales (DESIGN.md §1.1); each also runs flipped."""
+
+NORM_EPS = 1e-5
+"""Added to each class map's max before dividing (published value)."""
+
+
+def multiscale_cam(
+    model: torch.nn.Module,
+    image: np.ndarray,
+    label: np.ndarray,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    *,
+    amp_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """Fused multi-scale, flip-augmented CAMs of one image (DESIGN.md §1.1).
+
+    For every scale s the original image is resized with PIL bicubic to
+    (round(W·s), round(H·s)) (Python's `round`, as in the published code),
+    and the image and its horizontal flip go through `model.cam` as one batch
+    of two. Each map is resized bilinearly (align_corners=False) to (H, W),
+    the flipped one is flipped back, the maps are summed over all views and
+    multiplied by `label`, and each class map is divided by its own max + 1e-5.
+
+    Only the present classes' maps are upsampled and summed; multiplying by a
+    0/1 label afterwards is the same as masking every view.
+
+    The model's train/eval mode is left as it is: call `model.eval()` first.
+
+    Args:
+        model: CAM model following the contract in the module docstring; it
+            runs on the device of its parameters.
+        image: (H, W, 3) uint8 RGB.
+        label: (K,) image-level labels, 0/1 (bool, int or float).
+        scales: positive scale factors.
+        amp_dtype: autocast dtype for the forward passes (e.g.
+            `torch.bfloat16` on a GPU); the fusion is always float32.
+
+    Returns:
+        (K, H, W) float32: present classes in [0, 1] (max ≈ 1 unless the map
+        is all zero), absent classes exactly 0. With no present class the
+        model is not run and the result is all zero.
+    """
+    image = _check_image(image)
+    present = _check_label(label)
+    scales = tuple(float(s) for s in scales)
+    if not scales or any(not np.isfinite(s) or s <= 0 for s in scales):
+        raise PsaError(f"CAM scales {scales}: need at least one positive, finite scale")
+    height, width = image.shape[:2]
+    num_classes = present.shape[0]
+    cams = np.zeros((num_classes, height, width), dtype=np.float32)
+    present_ids = np.flatnonzero(present)
+    if present_ids.size == 0:
+        return cams
+
+    device = _model_device(model)
+    pil_image = Image.fromarray(image)
+    with torch.inference_mode():
+        select = torch.as_tensor(present_ids, device=device)
+        total = torch.zeros((present_ids.size, height, width), dtype=torch.float32, device=device)
+        for scale in scales:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            scaled = np.asarray(pil_image.resize(size, resample=Image.Resampling.BICUBIC))
+            x = torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1))).to(device)
+            pair = model.normalization(torch.stack((x, x.flip(-1))).float())
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model.cam(pair)
+            if out.ndim != 4 or out.shape[:2] != (2, num_classes):
+                raise PsaError(
+                    f"model.cam returned shape {tuple(out.shape)} but the label has "
+                    f"{num_classes} classes; use a model built with num_classes={num_classes}"
+                )
+            out = out.index_select(1, select).float()
+            out = F.interpolate(out, size=(height, width), mode="bilinear", align_corners=False)
+            total += out[0] + out[1].flip(-1)
+        total /= total.amax(dim=(1, 2), keepdim=True) + NORM_EPS
+    cams[present_ids] = total.cpu().numpy()
+    return cams
+
+
+def cams_to_segmentation(
+    cams: np.ndarray, class_ids: np.ndarray, bg_threshold: float
+) -> np.ndarray:
+    """CAMs as a segmentation: argmax over [constant background, class maps].
+
+    DESIGN.md §1.1. A pixel is background where no class map exceeds
+    `bg_threshold` (a tie goes to background, as `np.argmax` over the stack
+    with background first would decide). The comparison is made in float32,
+    as the published code does with its float32 background plane.
+
+    Args:
+        cams: (C, H, W) float maps of the present classes only (C may be 0).
+        class_ids: (C,) 0-based class ids of the maps.
+        bg_threshold: constant background score (0.2 published).
+
+    Returns:
+        (H, W) uint8: BACKGROUND_INDEX (0) or class id + 1.
+    """
+    top_score, top_index = top_class(cams, class_ids)
+    threshold = np.float32(bg_threshold)
+    return np.where(top_score > threshold, top_index, np.uint8(BACKGROUND_INDEX)).astype(np.uint8)
+
+
+def top_class(cams: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best class per pixel, before the background decision.
+
+    Args:
+        cams: (C, H, W) float maps of the present classes (C may be 0).
+        class_ids: (C,) 0-based class ids of the maps.
+
+    Returns:
+        (score, index): (H, W) float32 max over the maps (-inf where C = 0)
+        and (H, W) uint8 segmentation index (class id + 1) of the first
+        maximising map (BACKGROUND_INDEX where C = 0).
+    """
+    cams = np.asarray(cams)
+    class_ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+    if cams.ndim != 3:
+        raise PsaError(f"CAMs have shape {cams.shape}; expected (C, H, W)")
+    if class_ids.shape[0] != cams.shape[0]:
+        raise PsaError(
+            f"CAMs have {cams.shape[0]} maps but {class_ids.shape[0]} class ids; they must match"
+        )
+    if class_ids.size and (class_ids.min() < 0 or class_ids.max() + 1 >= IGNORE_INDEX):
+        raise PsaError(
+            f"class ids {class_ids.tolist()}: each must be in [0, {IGNORE_INDEX - 1}) (0-based)"
+        )
+    height, width = cams.shape[1:]
+    if cams.shape[0] == 0:
+        return (
+            np.full((height, width), -np.inf, dtype=np.float32),
+            np.full((height, width), BACKGROUND_INDEX, dtype=np.uint8),
+        )
+    cams = cams.astype(np.float32, copy=False)
+    best = cams.argmax(axis=0)
+    score = np.take_along_axis(cams, best[None], axis=0)[0]
+    lut = (class_ids + 1).astype(np.uint8)
+    return score, lut[best]
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise PsaError(
+            f"image has shape {image.shape} and dtype {image.dtype}; expected (H, W, 3) uint8 RGB"
+        )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise PsaError(f"image has shape {image.shape}; it is empty")
+    return np.ascontiguousarray(image)
+
+
+def _check_label(label: np.ndarray) -> np.ndarray:
+    label = np.asarray(label)
+    if label.ndim != 1:
+        raise PsaError(f"label has shape {label.shape}; expected (K,) of 0/1")
+    values = label.astype(np.float64)
+    if not np.all((values == 0) | (values == 1)):
+        raise PsaError(f"label {label.tolist()}: values must be 0 or 1")
+    return values == 1
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")

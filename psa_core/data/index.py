@@ -1,0 +1,230 @@
+"""Dataset index: image-level labels of a split, the labels artifact, shards.
+
+The labels artifact is plain JSON (no pickles), one per split::
+
+    {"classes": ["aeroplane", ...], "images": {"2007_000032": [0, 14], ...}}
+
+`images` maps each name, in list order, to the 0-based ids of the classes
+present. Shards cut the ordered name list into consecutive pieces so that
+inference fans out one job per shard (DESIGN.md §2).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from psa_core import io
+from psa_core.constants import VOC_CLASSES
+from psa_core.data.voc import (
+    annotation_path,
+    check_root,
+    gt_mask_path,
+    image_list_path,
+    image_path,
+    labels_from_mask,
+    labels_from_xml,
+    read_image_list,
+)
+from psa_core.errors import PsaError
+
+CLASSES_FILE = "classes.txt"
+"""Optional file in the dataset root: one class name per line, in label order."""
+
+_BACKGROUND_NAMES = frozenset({"background", "_background_", "__background__"})
+
+
+def read_classes(root: str | os.PathLike, classes: Sequence[str] | None = None) -> list[str]:
+    """Class names in label order (K of them, background excluded).
+
+    An explicit non-empty `classes` wins; else `root/classes.txt` (one name a
+    line) when present; else the 20 VOC classes. PsaError for duplicate or
+    background names, or a missing root when the file has to be looked up.
+    """
+    if classes:
+        names = [str(c).strip() for c in classes]
+        where = "dataset.classes in config.yaml"
+    else:
+        root = check_root(root)
+        path = root / CLASSES_FILE
+        if not path.is_file():
+            return list(VOC_CLASSES)
+        names = io.read_lines(path)
+        where = str(path)
+        if not names:
+            raise PsaError(f"{path}: no class names; list one class per line or delete the file")
+    seen: set[str] = set()
+    for name in names:
+        if not name:
+            raise PsaError(f"{where}: empty class name; remove it")
+        if name.lower() in _BACKGROUND_NAMES:
+            raise PsaError(
+                f"{where}: lists '{name}'; list the foreground classes only "
+                "(background is always index 0)"
+            )
+        if name in seen:
+            raise PsaError(f"{where}: class '{name}' is listed twice; remove the duplicate")
+        seen.add(name)
+    return names
+
+
+def verified_image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image after checking that it decodes to the end.
+
+    JPEGs decode in draft mode (DCT scaling to 1/8), which still reads the
+    whole entropy-coded stream, so a truncated or garbage file fails here at
+    a fraction of a full decode's cost.
+    """
+    if not path.is_file():
+        raise PsaError(f"{path}: image not found; check the dataset root and the image list")
+    try:
+        with Image.open(path) as img:
+            size = img.size
+            if img.format == "JPEG":
+                img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+            img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise PsaError(
+            f"{path}: cannot decode image ({exc}); replace it or remove it from the image list"
+        ) from None
+    return size
+
+
+def _mask_size(path: Path) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise PsaError(f"{path}: cannot decode mask ({exc}); replace it") from None
+
+
+def index_split(
+    root: str | os.PathLike, split: str, classes: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Check every image of a split and collect its image-level labels.
+
+    For each listed name: the image must exist and decode; labels come from
+    `Annotations/NAME.xml` when it exists (as in PSA), else from the GT mask;
+    a GT mask, when present, must have the image's size.
+
+    Args:
+        root: dataset root in the VOC layout.
+        split: list name (see `voc.read_image_list`).
+        classes: K class names in label order.
+
+    Returns:
+        name -> (K,) uint8 multi-hot, in list order. PsaError (one line naming
+        the file and the fix) at the first bad image.
+    """
+    root = check_root(root)
+    names = read_image_list(root, split)
+    list_file = image_list_path(root, split)
+    labels: dict[str, np.ndarray] = {}
+    for name in names:
+        img_file = image_path(root, name)
+        if not img_file.is_file():
+            raise PsaError(
+                f"{img_file}: image listed in {list_file} not found; add the image or remove "
+                "it from the list"
+            )
+        width, height = verified_image_size(img_file)
+        mask_file = gt_mask_path(root, name)
+        if mask_file is not None:
+            mask_w, mask_h = _mask_size(mask_file)
+            if (mask_w, mask_h) != (width, height):
+                raise PsaError(
+                    f"{mask_file}: mask is {mask_w}x{mask_h} but image {img_file.name} is "
+                    f"{width}x{height}; fix or replace the mask"
+                )
+        xml_file = annotation_path(root, name)
+        if xml_file.is_file():
+            labels[name] = labels_from_xml(xml_file, classes)
+        elif mask_file is not None:
+            labels[name] = labels_from_mask(io.read_mask(mask_file), len(classes), mask_file)
+        else:
+            raise PsaError(
+                f"{xml_file}: no annotation and no GT mask for image '{name}' (listed in "
+                f"{list_file}); add one or remove the image from the list"
+            )
+    return labels
+
+
+def write_labels(
+    path: str | os.PathLike, classes: Sequence[str], labels: Mapping[str, np.ndarray]
+) -> None:
+    """Write the labels artifact (JSON, see the module docstring), atomically.
+
+    Args:
+        classes: K class names.
+        labels: name -> (K,) multi-hot (any numeric dtype; > 0 means present).
+    """
+    num_classes = len(classes)
+    images: dict[str, list[int]] = {}
+    for name, label in labels.items():
+        label = np.asarray(label).reshape(-1)
+        if label.shape != (num_classes,):
+            raise ValueError(
+                f"labels of '{name}' have shape {label.shape}, expected ({num_classes},)"
+            )
+        images[str(name)] = [int(i) for i in np.flatnonzero(label > 0)]
+    io.write_json(path, {"classes": [str(c) for c in classes], "images": images})
+
+
+def read_labels(path: str | os.PathLike) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Read a labels artifact written by `write_labels`.
+
+    Returns:
+        (classes, name -> (K,) float32 multi-hot), names in file order.
+        PsaError for a missing, corrupt or malformed file.
+    """
+    path = Path(path)
+    data = io.read_json(path)
+    fix = "delete it and rerun `psa index`"
+    if not isinstance(data, dict) or not isinstance(data.get("classes"), list):
+        raise PsaError(f"{path}: not a labels file (no 'classes' list); {fix}")
+    classes = data["classes"]
+    if not classes or not all(isinstance(c, str) for c in classes):
+        raise PsaError(f"{path}: 'classes' must be a non-empty list of names; {fix}")
+    images = data.get("images")
+    if not isinstance(images, dict):
+        raise PsaError(f"{path}: not a labels file (no 'images' mapping); {fix}")
+    num_classes = len(classes)
+    labels: dict[str, np.ndarray] = {}
+    for name, ids in images.items():
+        if not isinstance(ids, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_classes for i in ids
+        ):
+            raise PsaError(
+                f"{path}: labels of '{name}' must be class ids in 0..{num_classes - 1}; {fix}"
+            )
+        label = np.zeros(num_classes, dtype=np.float32)
+        label[ids] = 1.0
+        labels[name] = label
+    return list(classes), labels
+
+
+def num_shards(n_images: int, shard_size: int) -> int:
+    """Number of shards of `shard_size` images that cover `n_images` (the last may be short)."""
+    if shard_size < 1:
+        raise PsaError(f"dataset.shard_size is {shard_size}; set it to 1 or more in config.yaml")
+    if n_images < 0:
+        raise ValueError(f"n_images must be >= 0, got {n_images}")
+    return math.ceil(n_images / shard_size)
+
+
+def shard_slice(names: Sequence[str], shard_size: int, shard_index: int) -> list[str]:
+    """Names of shard `shard_index`: `names[i * s:(i + 1) * s]`; PsaError when out of range."""
+    count = num_shards(len(names), shard_size)
+    if not 0 <= shard_index < count:
+        have = f"shards 0..{count - 1}" if count else "no shards"
+        raise PsaError(
+            f"shard {shard_index} does not exist: {len(names)} images in shards of {shard_size} "
+            f"give {have}; rerun the index step or fix the shard number"
+        )
+    start = shard_index * shard_size
+    return list(names[start : start + shard_size])

@@ -1,0 +1,370 @@
+"""Scoring CAMs against ground truth with a background-threshold sweep.
+
+DESIGN.md §1.1 (CAM as a segmentation) and §1.5 (evaluation). A CAM becomes
+a segmentation by argmax over [constant background score, class maps]; the
+sweep scores many background thresholds in one pass over the images.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from psa_core.cam import top_class
+from psa_core.constants import BACKGROUND_INDEX, IGNORE_INDEX
+from psa_core.errors import PsaError
+from psa_core.io import atomic_path, write_json
+from psa_core.metrics import as_class_indices, iou
+
+PUBLISHED_BG_THRESHOLD = 0.2
+"""Background score of the published CAM evaluation (DESIGN.md §1.1)."""
+
+
+class CamThresholdSweep:
+    """Accumulates one confusion matrix per background threshold, cheaply.
+
+    Per image the best class and its score are found once (`top_class`).
+    For threshold t a pixel is foreground (its best class) iff score > t,
+    i.e. for the thresholds below its score. So each pixel is binned by how
+    many thresholds lie below its score, together with its (gt, best class)
+    pair: one `np.bincount` per image, however many thresholds. The matrices
+    are suffix sums over those bins (`confusion_matrices`).
+
+    Args:
+        num_classes: segmentation classes, background included (K + 1).
+        thresholds: background scores; evaluated in ascending order, as
+            float32 like `psa_core.cam.cams_to_segmentation`.
+    """
+
+    def __init__(self, num_classes: int, thresholds: Iterable[float]) -> None:
+        if num_classes < 2:
+            raise PsaError(f"num_classes={num_classes}: need background plus at least one class")
+        self.thresholds = sorted({float(t) for t in thresholds})
+        if not self.thresholds or not all(math.isfinite(t) for t in self.thresholds):
+            raise PsaError(f"thresholds {self.thresholds}: need at least one finite value")
+        self.num_classes = num_classes
+        self.num_images = 0
+        self._thresholds32 = np.asarray(self.thresholds, dtype=np.float32)
+        bins = len(self.thresholds) + 1
+        self._hist = np.zeros((bins, num_classes, num_classes), dtype=np.int64)
+
+    def add(self, cams: np.ndarray, class_ids: np.ndarray, gt: np.ndarray) -> None:
+        """Count one image: cams (C, H, W) of present classes, class_ids (C,), gt (H, W)."""
+        gt = np.asarray(gt)
+        cams = np.asarray(cams)
+        if cams.ndim != 3 or gt.shape != cams.shape[1:]:
+            raise PsaError(
+                f"CAMs have shape {cams.shape} but the ground truth has shape {gt.shape}; "
+                "expected (C, H, W) and (H, W) of the same image"
+            )
+        score, index = top_class(cams, class_ids)
+        if index.size and int(index.max()) >= self.num_classes:
+            raise PsaError(
+                f"class id {int(index.max()) - 1} is outside the {self.num_classes - 1} classes; "
+                "check num_classes (background included)"
+            )
+        keep = gt != IGNORE_INDEX
+        n = self.num_classes
+        gt_index = as_class_indices(gt[keep], n, "ground truth")
+        below = np.searchsorted(self._thresholds32, score[keep], side="left")
+        codes = (below * n + gt_index) * n + index[keep]
+        self._hist += np.bincount(codes, minlength=self._hist.size).reshape(self._hist.shape)
+        self.num_images += 1
+
+    def confusion_matrices(self) -> np.ndarray:
+        """(T, N, N) int64: the confusion matrix (rows gt, cols pred) of each threshold."""
+        at_least = self._hist[::-1].cumsum(axis=0)[::-1]  # [j] = bins j and above
+        total = at_least[0]
+        confs = at_least[1:].copy()  # threshold i: foreground where bin >= i + 1
+        confs[:, :, BACKGROUND_INDEX] += (total[None] - at_least[1:]).sum(axis=2)
+        return confs
+
+    def result(self, published_threshold: float | None = None) -> dict[str, Any]:
+        """The sweep as a JSON-ready dict (see `evaluate_cams`); NaN becomes None."""
+        sweep = []
+        for threshold, conf in zip(self.thresholds, self.confusion_matrices(), strict=True):
+            miou, per_class = iou(conf)
+            sweep.append(
+                {
+                    "threshold": threshold,
+                    "miou": _json_float(miou),
+                    "per_class_iou": [_json_float(v) for v in per_class],
+                }
+            )
+        scored = [row for row in sweep if row["miou"] is not None]
+        best = max(scored, key=lambda row: row["miou"]) if scored else None  # first on ties
+        published = None
+        if published_threshold is not None:
+            matches = [r for r in sweep if r["threshold"] == float(published_threshold)]
+            if not matches:
+                raise PsaError(
+                    f"published threshold {published_threshold} is not among the swept "
+                    f"thresholds {self.thresholds}; add it to the sweep"
+                )
+            published = matches[0]
+        return {
+            "num_images": self.num_images,
+            "num_classes": self.num_classes,
+            "thresholds": sweep,
+            "best_threshold": best["threshold"] if best else None,
+            "best_miou": best["miou"] if best else None,
+            "published_threshold": published["threshold"] if published else None,
+            "published_miou": published["miou"] if published else None,
+        }
+
+
+def evaluate_cams(
+    items: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    num_classes: int,
+    thresholds: Sequence[float],
+    published_threshold: float | None = PUBLISHED_BG_THRESHOLD,
+) -> dict[str, Any]:
+    """mIoU of CAM segmentations over a background-threshold sweep (DESIGN.md §1.5).
+
+    Args:
+        items: (cams (C, H, W) float in [0, 1] of the present classes,
+            class_ids (C,) 0-based, gt (H, W) uint8 with 255 ignored) per image.
+        num_classes: segmentation classes, background included (K + 1, e.g.
+            21 for VOC), as in `psa_core.metrics.confusion_matrix`.
+        thresholds: background scores to sweep.
+        published_threshold: also evaluated (added to the sweep if missing)
+            and reported on its own; None to skip.
+
+    Returns:
+        A plain dict: `num_images`, `num_classes`, `thresholds` (ascending
+        list of {"threshold", "miou", "per_class_iou" (N values)}),
+        `best_threshold` / `best_miou` (the lowest threshold on ties),
+        `published_threshold` / `published_miou`. An IoU that is undefined
+        (class absent from gt and prediction, see `psa_core.metrics.iou`) and
+        an mIoU with no defined class are None.
+    """
+    grid = list(thresholds)
+    if published_threshold is not None:
+        grid.append(float(published_threshold))
+    sweep = CamThresholdSweep(num_classes, grid)
+    for cams, class_ids, gt in items:
+        sweep.add(cams, class_ids, gt)
+    return sweep.result(published_threshold)
+
+
+def write_cam_report(
+    result: dict[str, Any],
+    class_names: Sequence[str],
+    json_path: str | os.PathLike,
+    csv_path: str | os.PathLike,
+    svg_path: str | os.PathLike,
+) -> None:
+    """Write an `evaluate_cams` result as JSON, CSV and an SVG plot, atomically.
+
+    Args:
+        result: the dict from `evaluate_cams`.
+        class_names: the K foreground names (background is prepended) or all
+            K + 1 names, background first.
+        json_path: the result plus `class_names` (K + 1 names).
+        csv_path: one row per threshold: threshold, miou, one IoU column per
+            class (empty where undefined).
+        svg_path: mIoU against threshold, best and published thresholds marked.
+    """
+    names = _segmentation_class_names(class_names, result["num_classes"])
+    write_json(json_path, {**result, "class_names": names})
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["threshold", "miou", *names])
+    for row in result["thresholds"]:
+        values = [row["miou"], *row["per_class_iou"]]
+        writer.writerow(
+            [_fmt(row["threshold"]), *("" if v is None else f"{v:.6f}" for v in values)]
+        )
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+    with atomic_path(svg_path) as tmp:
+        tmp.write_text(miou_plot_svg(result))
+
+
+def miou_plot_svg(result: dict[str, Any], width: int = 720, height: int = 400) -> str:
+    """A standalone SVG line plot of mIoU against background threshold."""
+    left, right, top, bottom = 70, 180, 40, 55
+    plot_w, plot_h = width - left - right, height - top - bottom
+    points = [(r["threshold"], r["miou"]) for r in result["thresholds"]]
+    xs = [t for t, _ in points]
+    ys = [m for _, m in points if m is not None]
+
+    x_lo, x_hi = min(xs), max(xs)
+    if x_hi - x_lo < 1e-9:
+        x_lo, x_hi = x_lo - 0.05, x_hi + 0.05
+    x_ticks = _nice_ticks(x_lo, x_hi)
+    if ys:
+        y_lo, y_hi = min(ys), max(ys)
+        if y_hi - y_lo < 1e-3:
+            y_lo, y_hi = y_lo - 0.05, y_hi + 0.05
+        step = _nice_step(y_lo, y_hi)
+        y_lo = max(0.0, math.floor(y_lo / step + 1e-9) * step)
+        y_hi = min(1.0, math.ceil(y_hi / step - 1e-9) * step)
+        if y_hi <= y_lo:
+            y_lo, y_hi = 0.0, 1.0
+    else:
+        y_lo, y_hi = 0.0, 1.0
+    y_ticks = _nice_ticks(y_lo, y_hi)
+
+    def px(t: float) -> float:
+        return left + (t - x_lo) / (x_hi - x_lo) * plot_w
+
+    def py(m: float) -> float:
+        return top + (1 - (m - y_lo) / (y_hi - y_lo)) * plot_h
+
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left + plot_w / 2:.1f}" y="22" text-anchor="middle" font-size="15">'
+        f"CAM mIoU vs background threshold ({result['num_images']} images)</text>",
+    ]
+    x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 0.1
+    for t in x_ticks:
+        x = px(t)
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" stroke="#e5e5e5"/>'
+        )
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 5}" '
+            'stroke="black"/>'
+        )
+        parts.append(
+            f'<text x="{x:.1f}" y="{top + plot_h + 18}" text-anchor="middle">'
+            f"{_tick_label(t, x_step)}</text>"
+        )
+    y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 0.1
+    for m in y_ticks:
+        y = py(m)
+        parts.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e5e5e5"/>'
+        )
+        parts.append(
+            f'<line x1="{left - 5}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="black"/>'
+        )
+        parts.append(
+            f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{_tick_label(m, y_step)}</text>'
+        )
+    parts += [
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" '
+        'stroke="black"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 12}" text-anchor="middle">'
+        "background threshold</text>",
+        f'<text x="18" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
+        f'transform="rotate(-90 18 {top + plot_h / 2:.1f})">mIoU</text>',
+    ]
+
+    # The curve, broken where the mIoU is undefined; point markers on top.
+    segment: list[str] = []
+    dots: list[str] = []
+    for t, m in [*points, (None, None)]:
+        if m is None:
+            if len(segment) > 1:
+                parts.append(
+                    f'<polyline points="{" ".join(segment)}" fill="none" stroke="#1f77b4" '
+                    'stroke-width="2"/>'
+                )
+            segment = []
+            continue
+        segment.append(f"{px(t):.1f},{py(m):.1f}")
+        dots.append(f'<circle cx="{px(t):.1f}" cy="{py(m):.1f}" r="2.5" fill="#1f77b4"/>')
+    parts += dots
+
+    legend_x, legend_y = left + plot_w + 15, top + 10
+    published_t, published_m = result.get("published_threshold"), result.get("published_miou")
+    if published_t is not None:
+        x = px(published_t)
+        parts.append(
+            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" stroke="#2ca02c" '
+            'stroke-dasharray="5,4"/>'
+        )
+        if published_m is not None:
+            y = py(published_m)
+            parts.append(
+                f'<rect x="{x - 5:.1f}" y="{y - 5:.1f}" width="10" height="10" fill="none" '
+                'stroke="#2ca02c" stroke-width="2"/>'
+            )
+        parts.append(
+            f'<rect x="{legend_x}" y="{legend_y + 20}" width="10" height="10" fill="none" '
+            'stroke="#2ca02c" stroke-width="2"/>'
+        )
+        parts.append(
+            f'<text x="{legend_x + 16}" y="{legend_y + 29}">published {_fmt(published_t)}: '
+            f"{_pct(published_m)}</text>"
+        )
+    best_t, best_m = result.get("best_threshold"), result.get("best_miou")
+    if best_t is not None and best_m is not None:
+        parts.append(
+            f'<circle cx="{px(best_t):.1f}" cy="{py(best_m):.1f}" r="6" fill="none" '
+            'stroke="#d62728" stroke-width="2"/>'
+        )
+        parts.append(
+            f'<circle cx="{legend_x + 5}" cy="{legend_y + 5}" r="5" fill="none" stroke="#d62728" '
+            'stroke-width="2"/>'
+        )
+        parts.append(
+            f'<text x="{legend_x + 16}" y="{legend_y + 9}">best {_fmt(best_t)}: {_pct(best_m)}</text>'
+        )
+    if not ys:
+        parts.append(
+            f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
+            'fill="#888">no images scored</text>'
+        )
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def _segmentation_class_names(class_names: Sequence[str], num_classes: int) -> list[str]:
+    names = [str(n) for n in class_names]
+    if len(names) == num_classes - 1:
+        names = ["background", *names]
+    if len(names) != num_classes:
+        raise PsaError(
+            f"{len(names)} class names for {num_classes} classes (background included); "
+            f"give the {num_classes - 1} foreground names or all {num_classes}"
+        )
+    return names
+
+
+def _json_float(value: float) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _nice_step(lo: float, hi: float, count: int = 5) -> float:
+    raw = (hi - lo) / count
+    magnitude = 10 ** math.floor(math.log10(raw))
+    for factor in (1, 2, 5, 10):
+        if factor * magnitude >= raw - 1e-12:
+            return factor * magnitude
+    return 10 * magnitude
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    step = _nice_step(lo, hi, count)
+    first = math.ceil(lo / step - 1e-9)
+    last = math.floor(hi / step + 1e-9)
+    return [round(i * step, 12) for i in range(first, last + 1)]
+
+
+def _tick_label(value: float, step: float) -> str:
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    return escape(f"{value:.{decimals}f}")
+
+
+def _fmt(value: float) -> str:
+    return escape(f"{value:g}")
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else escape(f"{100 * value:.1f}%")

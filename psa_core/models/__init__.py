@@ -1,0 +1,95 @@
+"""Networks of PSA: backbones, the CAM and affinity heads, and weight import (DESIGN.md §3).
+
+    model = build_model("resnet38d", "cam", num_classes=20)
+    load_weights(model, "ilsvrc-cls_rna-a1_cls1000_ep-0001.params")
+
+`BACKBONES` maps a backbone name to its factory; `HEADS` lists the head names.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from psa_core.affinity import DEFAULT_RADIUS
+from psa_core.errors import PsaError
+from psa_core.models.nets import AffinityHead, AffinityNet, CAMHead, CAMNet, PsaNet
+from psa_core.models.resnet38d import resnet38d
+from psa_core.models.tiny import tiny
+from psa_core.models.vgg16d import vgg16d
+from psa_core.models.weights import load_weights
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "resnet38d": resnet38d,
+    "vgg16d": vgg16d,
+    "tiny": tiny,
+}
+"""Backbone name → factory; keyword options of the factory are `build_model`'s **backbone_kwargs."""
+
+HEADS = ("cam", "affinity")
+
+# Per (backbone, head) defaults of the reference: VGG's fc6 is dilated by 4 in
+# the affinity network only, and its affinity head adds GroupNorm.
+_BACKBONE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    ("vgg16d", "affinity"): {"fc6_dilation": 4}
+}
+_AFFINITY_GROUP_NORM = {"vgg16d"}
+
+
+def build_model(
+    backbone: str,
+    head: str,
+    num_classes: int = 20,
+    *,
+    radius: int = DEFAULT_RADIUS,
+    **backbone_kwargs: Any,
+) -> PsaNet:
+    """Build a CAM or affinity network on a named backbone.
+
+    Args:
+        backbone: a key of `BACKBONES` ("resnet38d", "vgg16d", "tiny").
+        head: "cam" (a `CAMNet`, K = `num_classes` outputs) or "affinity" (an
+            `AffinityNet` with pair radius `radius`; `num_classes` is unused).
+        backbone_kwargs: options of the backbone factory, e.g. `fc6_dilation`
+            for vgg16d (default 1 for "cam", 4 for "affinity", as in PSA) or
+            `width` for tiny.
+
+    Raises:
+        PsaError: unknown backbone / head name or backbone option.
+    """
+    if backbone not in BACKBONES:
+        raise PsaError(f"backbone '{backbone}': unknown; choose one of {', '.join(BACKBONES)}")
+    if head not in HEADS:
+        raise PsaError(f"head '{head}': unknown; choose one of {', '.join(HEADS)}")
+    factory = BACKBONES[backbone]
+    accepted = inspect.signature(factory).parameters
+    unknown = sorted(set(backbone_kwargs) - set(accepted))
+    if unknown:
+        options = ", ".join(accepted) or "none"
+        raise PsaError(
+            f"backbone '{backbone}' has no option {', '.join(unknown)}; its options: {options}"
+        )
+    kwargs = {**_BACKBONE_DEFAULTS.get((backbone, head), {}), **backbone_kwargs}
+    net = factory(**kwargs)
+    if head == "cam":
+        return CAMNet(net, CAMHead(net.out_channels["conv6"], num_classes))
+    return AffinityNet(
+        net,
+        AffinityHead(net.out_channels, group_norm=backbone in _AFFINITY_GROUP_NORM, radius=radius),
+    )
+
+
+__all__ = [
+    "BACKBONES",
+    "HEADS",
+    "AffinityHead",
+    "AffinityNet",
+    "CAMHead",
+    "CAMNet",
+    "PsaNet",
+    "build_model",
+    "load_weights",
+]

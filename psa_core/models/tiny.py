@@ -1,0 +1,93 @@
+"""A small residual CNN at stride 8 for CPU runs (demo, synthetic data, tests).
+
+Not part of PSA: it stands in for ResNet-38 where no GPU and no ImageNet
+weights are at hand, and trains from scratch. Its normalisation layers are
+GroupNorm, not BatchNorm: the PSA models keep every BatchNorm frozen in eval
+mode (right for an ImageNet-pretrained backbone, useless for a random one),
+while GroupNorm normalises the same way in training and inference and its
+affine parameters train like any other weight.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from psa_core.errors import PsaError
+from psa_core.transforms import IMAGENET_NORMALIZATION
+
+_MAX_GROUPS = 8
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(_MAX_GROUPS, channels), channels)
+
+
+def _conv_norm_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, padding=1, bias=False), _norm(cout), nn.ReLU(inplace=True)
+    )
+
+
+class BasicBlock(nn.Module):
+    """Two dilated 3×3 conv-GN layers plus a (projected when needed) shortcut, then ReLU."""
+
+    def __init__(self, cin: int, cout: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=dilation, dilation=dilation, bias=False)
+        self.norm1 = _norm(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=dilation, dilation=dilation, bias=False)
+        self.norm2 = _norm(cout)
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), _norm(cout))
+            if cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.norm1(self.conv1(x)))
+        y = self.norm2(self.conv2(y))
+        return F.relu(y + self.shortcut(x))
+
+
+class TinyNet(nn.Module):
+    """Backbone: (B, 3, H, W) ImageNet-normalised RGB → stride-8 features.
+
+    Three stride-2 conv-GN-ReLU layers (width/2, width, width) and a residual
+    block give "conv4" (width channels); residual blocks with dilation 2 and 4
+    give "conv5" (2·width) and "conv6" (4·width). Grid ceil(H / 8) × ceil(W / 8).
+    """
+
+    normalization = IMAGENET_NORMALIZATION
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        if width < 8 or width % 8:
+            raise PsaError(
+                f"tiny backbone width {width}: use a positive multiple of 8 (default 32)"
+            )
+        self.out_channels = {"conv4": width, "conv5": 2 * width, "conv6": 4 * width}
+        self.stem = nn.Sequential(
+            _conv_norm_relu(3, width // 2, stride=2),
+            _conv_norm_relu(width // 2, width, stride=2),
+            _conv_norm_relu(width, width, stride=2),
+        )
+        self.block4 = BasicBlock(width, width)
+        self.block5 = BasicBlock(width, 2 * width, dilation=2)
+        self.block6 = BasicBlock(2 * width, 4 * width, dilation=4)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """None: the tiny net trains from scratch."""
+        return []
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        conv4 = self.block4(self.stem(x))
+        conv5 = self.block5(conv4)
+        return {"conv4": conv4, "conv5": conv5, "conv6": self.block6(conv5)}
+
+
+def tiny(width: int = 32) -> TinyNet:
+    """The small CPU backbone; `width` channels at conv4, 2·width at conv5, 4·width at conv6."""
+    return TinyNet(width=width)

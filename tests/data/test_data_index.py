@@ -1,0 +1,150 @@
+"""Split indexing, the labels artifact, shards, and the bad-input errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from psa_data_helpers import AUG_ONLY, TREE_CLASSES
+
+from psa_core import io
+from psa_core.data import (
+    index_split,
+    num_shards,
+    read_labels,
+    shard_slice,
+    write_labels,
+)
+from psa_core.errors import PsaError
+
+
+def test_index_split_labels_from_xml_else_mask(voc_tree):
+    root = voc_tree()
+    labels = index_split(root, "train_aug", TREE_CLASSES)
+    assert list(labels) == ["2007_000001", "2007_000002", AUG_ONLY]
+    assert labels["2007_000001"].tolist() == [1, 0, 0]
+    assert labels["2007_000002"].tolist() == [0, 1, 1]
+    assert labels[AUG_ONLY].tolist() == [0, 1, 0]  # no XML: from SegmentationClassAug
+    assert all(v.dtype == np.uint8 for v in labels.values())
+
+
+def test_index_split_image_missing(voc_tree):
+    root = voc_tree()
+    (root / "JPEGImages/2007_000002.jpg").unlink()
+    with pytest.raises(PsaError, match=r"2007_000002\.jpg: image listed in .*train\.txt not found"):
+        index_split(root, "train", TREE_CLASSES)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_index_split_image_unreadable(voc_tree, damage):
+    root = voc_tree()
+    path = root / "JPEGImages/2007_000002.jpg"
+    data = path.read_bytes()
+    bad = {
+        "garbage": b"this is not a jpeg" * 50,
+        "truncated": data[: len(data) * 2 // 3],
+        "empty": b"",
+    }
+    path.write_bytes(bad[damage])
+    with pytest.raises(PsaError, match=r"2007_000002\.jpg: cannot decode image"):
+        index_split(root, "train", TREE_CLASSES)
+
+
+def test_index_split_mask_size_differs(voc_tree):
+    root = voc_tree()
+    io.write_mask(root / "SegmentationClass/2007_000001.png", np.zeros((30, 40), np.uint8))
+    with pytest.raises(
+        PsaError, match=r"2007_000001\.png: mask is 40x30 but image 2007_000001\.jpg is 40x32"
+    ):
+        index_split(root, "train", TREE_CLASSES)
+
+
+def test_index_split_mask_garbage(voc_tree):
+    root = voc_tree()
+    (root / "SegmentationClass/2007_000001.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(PsaError, match=r"2007_000001\.png: cannot decode mask"):
+        index_split(root, "train", TREE_CLASSES)
+
+
+def test_index_split_unknown_class_in_xml(voc_tree):
+    root = voc_tree()
+    with pytest.raises(PsaError, match=r"2007_000002\.xml: unknown class name 'person'"):
+        index_split(root, "train", ["cat", "dog"])
+
+
+def test_index_split_no_annotation_no_mask(voc_tree):
+    root = voc_tree()
+    (root / "Annotations/2008_000003.xml").unlink()
+    (root / "SegmentationClass/2008_000003.png").unlink()
+    with pytest.raises(PsaError, match=r"2008_000003\.xml: no annotation and no GT mask"):
+        index_split(root, "val", TREE_CLASSES)
+
+
+def test_index_split_unknown_split_and_missing_root(voc_tree, tmp_path):
+    root = voc_tree()
+    with pytest.raises(PsaError, match=r"unknown split 'test' .*existing splits: train, "):
+        index_split(root, "test", TREE_CLASSES)
+    with pytest.raises(PsaError, match="dataset root .*absent not found"):
+        index_split(tmp_path / "absent", "train", TREE_CLASSES)
+
+
+def test_labels_round_trip(tmp_path):
+    labels = {"b": np.array([1, 0, 1], np.uint8), "a": np.array([0, 0, 0], np.uint8)}
+    path = tmp_path / "labels.json"
+    write_labels(path, TREE_CLASSES, labels)
+    assert json.loads(path.read_text()) == {
+        "classes": TREE_CLASSES,
+        "images": {"b": [0, 2], "a": []},
+    }
+    classes, back = read_labels(path)
+    assert classes == TREE_CLASSES
+    assert list(back) == ["b", "a"]
+    assert back["b"].dtype == np.float32
+    np.testing.assert_array_equal(back["b"], [1.0, 0.0, 1.0])
+    np.testing.assert_array_equal(back["a"], [0.0, 0.0, 0.0])
+
+
+def test_write_labels_rejects_wrong_length(tmp_path):
+    with pytest.raises(ValueError, match="shape"):
+        write_labels(tmp_path / "l.json", TREE_CLASSES, {"a": np.ones(2)})
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"classes": ["cat"], "images": {"a": [0]', "not valid JSON"),
+        ("[1, 2]", "not a labels file"),
+        ('{"classes": ["cat"]}', "no 'images' mapping"),
+        ('{"classes": [], "images": {}}', "non-empty list"),
+        ('{"classes": ["cat"], "images": {"a": [1]}}', "labels of 'a' must be class ids in 0..0"),
+        ('{"classes": ["cat"], "images": {"a": "0"}}', "labels of 'a'"),
+    ],
+)
+def test_read_labels_corrupt(tmp_path, content, message):
+    path = tmp_path / "labels_train.json"
+    path.write_text(content)
+    with pytest.raises(PsaError, match=rf"labels_train\.json: .*{message}"):
+        read_labels(path)
+
+
+def test_read_labels_missing(tmp_path):
+    with pytest.raises(PsaError, match=r"nothing\.json: file not found"):
+        read_labels(tmp_path / "nothing.json")
+
+
+def test_shards():
+    names = [f"n{i}" for i in range(7)]
+    assert num_shards(7, 3) == 3
+    assert num_shards(6, 3) == 2
+    assert num_shards(0, 3) == 0
+    assert [shard_slice(names, 3, i) for i in range(3)] == [names[0:3], names[3:6], names[6:7]]
+    assert shard_slice(names, 100, 0) == names
+    with pytest.raises(
+        PsaError, match="shard 3 does not exist: 7 images in shards of 3 give shards 0..2"
+    ):
+        shard_slice(names, 3, 3)
+    with pytest.raises(PsaError, match="shard -1 does not exist"):
+        shard_slice(names, 3, -1)
+    with pytest.raises(PsaError, match="dataset.shard_size is 0"):
+        num_shards(7, 0)

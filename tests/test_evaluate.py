@@ -1,0 +1,153 @@
+"""psa_core.evaluate: the CAM threshold sweep and its report files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from psa_core.cam import cams_to_segmentation
+from psa_core.errors import PsaError
+from psa_core.evaluate import CamThresholdSweep, evaluate_cams, write_cam_report
+from psa_core.metrics import confusion_matrix, iou
+
+
+def hand_items():
+    # Image A: one present class (id 0 -> index 1); the 255 pixel is ignored.
+    cams_a = np.array([[[0.2, 0.5, 0.7, 0.9]]], dtype=np.float32)
+    gt_a = np.array([[0, 1, 1, 255]], dtype=np.uint8)
+    # Image B: classes 0 and 1 (indices 1 and 2).
+    cams_b = np.array([[[0.4, 0.1, 0.8]], [[0.5, 0.7, 0.2]]], dtype=np.float32)
+    gt_b = np.array([[2, 2, 0]], dtype=np.uint8)
+    return [(cams_a, np.array([0]), gt_a), (cams_b, np.array([0, 1]), gt_b)]
+
+
+def test_evaluate_cams_hand_computed():
+    # t = 0.3: A -> [0, 1, 1, (1)], B -> [2, 2, 1]
+    #   conf [[1,1,0],[0,2,0],[0,0,2]] -> IoU 1/2, 2/3, 1
+    # t = 0.6: A -> [0, 0, 1, (1)], B -> [0, 2, 1]
+    #   conf [[1,1,0],[1,1,0],[1,0,1]] -> IoU 1/4, 1/3, 1/2
+    result = evaluate_cams(
+        hand_items(), num_classes=3, thresholds=[0.6, 0.3], published_threshold=0.6
+    )
+
+    assert result["num_images"] == 2
+    assert result["num_classes"] == 3
+    assert [row["threshold"] for row in result["thresholds"]] == [0.3, 0.6]
+    low, high = result["thresholds"]
+    np.testing.assert_allclose(low["per_class_iou"], [1 / 2, 2 / 3, 1])
+    np.testing.assert_allclose(high["per_class_iou"], [1 / 4, 1 / 3, 1 / 2])
+    assert low["miou"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
+    assert high["miou"] == pytest.approx((1 / 4 + 1 / 3 + 1 / 2) / 3)
+    assert result["best_threshold"] == 0.3
+    assert result["best_miou"] == pytest.approx(low["miou"])
+    assert result["published_threshold"] == 0.6
+    assert result["published_miou"] == pytest.approx(high["miou"])
+    json.dumps(result, allow_nan=False)  # plain, strict-JSON values
+
+
+def test_evaluate_cams_adds_published_threshold_to_sweep():
+    result = evaluate_cams(hand_items(), num_classes=3, thresholds=[0.6])
+    assert [row["threshold"] for row in result["thresholds"]] == [0.2, 0.6]
+    assert result["published_threshold"] == 0.2
+    result = evaluate_cams(hand_items(), num_classes=3, thresholds=[0.6], published_threshold=None)
+    assert [row["threshold"] for row in result["thresholds"]] == [0.6]
+    assert result["published_miou"] is None
+
+
+def test_sweep_matches_per_threshold_segmentation():
+    """Against the direct route: cams_to_segmentation + confusion_matrix per threshold."""
+    rng = np.random.default_rng(0)
+    num_classes = 6
+    # Values on a 0.1 grid so that many pixels tie exactly with a threshold.
+    thresholds = [0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0]
+    items = []
+    for n_present in (0, 1, 2, 3, 5):
+        ids = np.sort(rng.choice(num_classes - 1, n_present, replace=False))
+        cams = (rng.integers(0, 11, (n_present, 9, 13)) / 10).astype(np.float32)
+        gt = rng.integers(0, num_classes, (9, 13)).astype(np.uint8)
+        gt[rng.random(gt.shape) < 0.1] = 255
+        items.append((cams, ids, gt))
+
+    sweep = CamThresholdSweep(num_classes, thresholds)
+    for item in items:
+        sweep.add(*item)
+    for threshold, conf in zip(sweep.thresholds, sweep.confusion_matrices(), strict=True):
+        direct = sum(
+            confusion_matrix(cams_to_segmentation(cams, ids, threshold), gt, num_classes)
+            for cams, ids, gt in items
+        )
+        np.testing.assert_array_equal(conf, direct, err_msg=f"threshold {threshold}")
+
+    result = evaluate_cams(items, num_classes, thresholds, published_threshold=None)
+    mious = [iou(c)[0] for c in sweep.confusion_matrices()]
+    assert [r["miou"] for r in result["thresholds"]] == pytest.approx(mious)
+    assert result["best_threshold"] == thresholds[int(np.argmax(mious))]
+
+
+def test_undefined_class_iou_is_none():
+    cams = np.array([[[0.9, 0.1]]], dtype=np.float32)
+    gt = np.array([[1, 0]], dtype=np.uint8)
+    result = evaluate_cams([(cams, np.array([0]), gt)], num_classes=4, thresholds=[0.5])
+    row = result["thresholds"][1]
+    assert row["threshold"] == 0.5
+    assert row["per_class_iou"] == [1.0, 1.0, None, None]
+    assert row["miou"] == 1.0
+
+
+def test_no_images_gives_none():
+    result = evaluate_cams([], num_classes=3, thresholds=[0.1, 0.3])
+    assert result["num_images"] == 0
+    assert result["best_threshold"] is None and result["best_miou"] is None
+    assert result["published_miou"] is None
+
+
+def test_evaluate_cams_errors():
+    cams, ids, gt = hand_items()[0]
+    with pytest.raises(PsaError, match=r"\(1, 1, 4\).*\(1, 3\)"):
+        evaluate_cams([(cams, ids, gt[:, :3])], num_classes=3, thresholds=[0.2])
+    with pytest.raises(PsaError, match="num_classes"):
+        evaluate_cams([(cams, np.array([2]), gt)], num_classes=3, thresholds=[0.2])
+    with pytest.raises(PsaError, match="ground truth holds class index 7"):
+        evaluate_cams([(cams, ids, np.full_like(gt, 7))], num_classes=3, thresholds=[0.2])
+
+
+def test_write_cam_report(tmp_path):
+    result = evaluate_cams(hand_items(), num_classes=3, thresholds=[0.1, 0.3, 0.6, 0.9])
+    paths = [tmp_path / "out" / name for name in ("cam.json", "cam.csv", "cam.svg")]
+    write_cam_report(result, ["cat", "dog"], *paths)
+
+    saved = json.loads(paths[0].read_text())
+    assert saved["class_names"] == ["background", "cat", "dog"]
+    assert saved["best_threshold"] == result["best_threshold"]
+    assert saved["thresholds"] == result["thresholds"]
+
+    rows = list(csv.reader(paths[1].open()))
+    assert rows[0] == ["threshold", "miou", "background", "cat", "dog"]
+    assert [float(r[0]) for r in rows[1:]] == [0.1, 0.2, 0.3, 0.6, 0.9]
+    for row, expected in zip(rows[1:], result["thresholds"], strict=True):
+        assert float(row[1]) == pytest.approx(expected["miou"], abs=1e-6)
+        assert len(row) == 5
+
+    svg = ET.parse(paths[2]).getroot()
+    assert svg.tag.endswith("svg")
+    ns = "{http://www.w3.org/2000/svg}"
+    assert svg.findall(f"{ns}polyline"), "the curve"
+    texts = " ".join(t.text or "" for t in svg.iter(f"{ns}text"))
+    assert "best 0.2" in texts and "published 0.2" in texts and "mIoU" in texts
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == ["cam.csv", "cam.json", "cam.svg"]
+
+
+def test_write_cam_report_edge_cases(tmp_path):
+    names = ["background", "cat", "dog"]
+    empty = evaluate_cams([], num_classes=3, thresholds=[0.3])
+    write_cam_report(empty, names, tmp_path / "e.json", tmp_path / "e.csv", tmp_path / "e.svg")
+    ET.parse(tmp_path / "e.svg")
+    assert list(csv.reader((tmp_path / "e.csv").open()))[1] == ["0.2", "", "", "", ""]
+    with pytest.raises(PsaError, match="class names"):
+        write_cam_report(
+            empty, ["cat"], tmp_path / "x.json", tmp_path / "x.csv", tmp_path / "x.svg"
+        )

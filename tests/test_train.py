@@ -1,0 +1,269 @@
+"""psa_core.train: poly schedule, per-sample determinism, and resume that ends
+bit-identical to an uninterrupted run, in-process and across a real SIGTERM."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from psa_core import io
+from psa_core.errors import PsaError
+from psa_core.train import (
+    EpochBatchSampler,
+    TrainingInterrupted,
+    build_optimizer,
+    epoch_order,
+    sample_rng,
+    train_cam,
+)
+from tests.train_helpers import (
+    tiny_model,
+    write_dataset,
+    write_labels_json,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS, BATCH, N_IMAGES = 2, 4, 14  # 3 steps per epoch (2 images dropped each epoch)
+STEPS_PER_EPOCH = N_IMAGES // BATCH
+MAX_STEP = EPOCHS * STEPS_PER_EPOCH
+LR = 0.01
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: fast on a busy 2-core machine, and as in train_script.py."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    names, labels = write_dataset(root, n=N_IMAGES + 4)
+    return root, names[:N_IMAGES], labels, names[N_IMAGES:]
+
+
+def run(dataset, out: Path, *, interrupt_at: int | None = None, val: bool = False, **overrides):
+    """train_cam on the tiny model; SIGTERM to ourselves after step `interrupt_at`."""
+    root, names, labels, val_names = dataset
+
+    def on_step(step: int) -> None:
+        if step == interrupt_at:
+            signal.raise_signal(signal.SIGTERM)
+
+    kwargs = dict(
+        root=root,
+        names=names,
+        labels=labels,
+        out_weights=out / "weights.pt",
+        checkpoint_path=out / "checkpoint.pt",
+        log_csv=out / "log.csv",
+        crop_size=32,
+        resize_long=(24, 40),
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        lr=LR,
+        seed=5,
+        device="cpu",
+        log_every=1,
+        progress=False,
+        val_names=val_names if val else None,
+        on_step=on_step,
+    )
+    kwargs.update(overrides)
+    return train_cam(tiny_model(), **kwargs)
+
+
+def read_log(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = io.load_torch(a), io.load_torch(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory):
+    """An uninterrupted run (with validation), the baseline for every resume test."""
+    out = tmp_path_factory.mktemp("reference")
+    summary = run(dataset, out, val=True)
+    return out, summary
+
+
+# -- sampling ---------------------------------------------------------------------
+
+
+def test_epoch_order_and_batches():
+    order = epoch_order(seed=1, epoch=0, n=10)
+    assert sorted(order) == list(range(10))
+    np.testing.assert_array_equal(order, epoch_order(1, 0, 10))
+    assert not np.array_equal(order, epoch_order(1, 1, 10))
+    batches = list(EpochBatchSampler(10, 3, seed=1, epoch=0))
+    assert len(batches) == 3 and all(len(b) == 3 for b in batches)  # last partial one dropped
+    assert [i for b in batches for _, i in b] == list(order[:9])
+    assert all(e == 0 for b in batches for e, _ in b)
+    assert list(EpochBatchSampler(10, 3, seed=1, epoch=0, start=2)) == batches[2:]
+
+
+def test_sample_streams_are_distinct():
+    draws = {
+        tuple(sample_rng(0, e, i).integers(1 << 30, size=2)) for e in range(3) for i in range(3)
+    }
+    assert len(draws) == 9  # SeedSequence pads with zeros; the stream tag avoids collisions
+
+
+# -- optimiser and schedule -------------------------------------------------------
+
+
+def test_poly_lr_per_group():
+    model = tiny_model()
+    max_step, power = 10, 0.9
+    optimizer, scheduler = build_optimizer(
+        model, lr=0.1, weight_decay=5e-4, momentum=0.0, max_step=max_step, poly_power=power
+    )
+    groups = optimizer.param_groups
+    assert len(groups) == 4
+    assert [g["weight_decay"] for g in groups] == [5e-4, 0, 5e-4, 0]
+    assert sum(len(g["params"]) for g in groups[2:]) > 0  # the new classifier
+    for step in range(max_step):
+        factor = (1 - step / max_step) ** power
+        for group, mult in zip(groups, (1, 2, 10, 20), strict=True):
+            assert group["lr"] == pytest.approx(0.1 * mult * factor, rel=1e-12)
+        optimizer.step()
+        scheduler.step()
+
+
+def test_log_lr_follows_poly_schedule(reference):
+    out, summary = reference
+    rows = read_log(out / "log.csv")
+    train_rows = [r for r in rows if r["phase"] == "train"]
+    assert [int(r["step"]) for r in train_rows] == list(range(1, MAX_STEP + 1))
+    for r in train_rows:
+        expected = LR * (1 - (int(r["step"]) - 1) / MAX_STEP) ** 0.9
+        assert float(r["lr"]) == pytest.approx(expected, rel=1e-5)
+        assert np.isfinite(float(r["loss"])) and float(r["images_per_s"]) > 0
+    val_rows = [r for r in rows if r["phase"] == "val"]
+    assert [int(r["epoch"]) for r in val_rows] == [1, 2]
+    assert summary["steps"] == MAX_STEP and summary["resumed_from_step"] == 0
+
+
+def test_completed_run_leaves_weights_only(reference):
+    out, _ = reference
+    assert not (out / "checkpoint.pt").exists()
+    weights = io.load_torch(out / "weights.pt")  # weights_only=True
+    assert weights.keys() == tiny_model().state_dict().keys()
+
+
+# -- resume -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("interrupt_at", [1, STEPS_PER_EPOCH, STEPS_PER_EPOCH + 1])
+def test_interrupted_and_resumed_equals_uninterrupted(dataset, reference, tmp_path, interrupt_at):
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as info:
+        run(dataset, tmp_path, interrupt_at=interrupt_at, val=True)
+    assert info.value.exit_code == 128 + signal.SIGTERM and info.value.step == interrupt_at
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
+    assert not (tmp_path / "weights.pt").exists()
+    checkpoint = io.load_torch(tmp_path / "checkpoint.pt")  # loads with weights_only=True
+    assert checkpoint["global_step"] == interrupt_at
+
+    summary = run(dataset, tmp_path, val=True)
+    assert summary["resumed_from_step"] == interrupt_at
+    assert not (tmp_path / "checkpoint.pt").exists()
+    assert_same_weights(tmp_path / "weights.pt", reference[0] / "weights.pt")
+    rows = read_log(tmp_path / "log.csv")
+    assert [int(r["step"]) for r in rows if r["phase"] == "train"] == list(range(1, MAX_STEP + 1))
+    assert [int(r["epoch"]) for r in rows if r["phase"] == "val"] == [1, 2]
+
+
+def test_periodic_checkpoint_and_workers_do_not_change_the_result(dataset, reference, tmp_path):
+    run(dataset, tmp_path, val=True, num_workers=2, checkpoint_every=2)
+    assert_same_weights(tmp_path / "weights.pt", reference[0] / "weights.pt")
+
+
+def test_resume_with_other_settings_is_refused(dataset, tmp_path):
+    with pytest.raises(TrainingInterrupted):
+        run(dataset, tmp_path, interrupt_at=2)
+    with pytest.raises(
+        PsaError, match=r"checkpoint of a different training run \(lr: 0\.01 -> 0\.02"
+    ):
+        run(dataset, tmp_path, lr=0.02)
+    with pytest.raises(PsaError, match="dataset: .*names"):
+        run(dataset, tmp_path, names=dataset[1][:-1])
+    assert (tmp_path / "checkpoint.pt").exists()  # left alone for the user to decide
+    run(dataset, tmp_path)  # the original settings still resume
+
+
+def test_foreign_checkpoint_is_refused(dataset, tmp_path):
+    io.save_torch(tmp_path / "checkpoint.pt", {"weight": torch.zeros(1)})
+    with pytest.raises(PsaError, match="not a psa training checkpoint"):
+        run(dataset, tmp_path)
+
+
+def test_bad_arguments(dataset, tmp_path):
+    with pytest.raises(PsaError, match="larger than the training set"):
+        run(dataset, tmp_path, batch_size=100)
+    with pytest.raises(PsaError, match="seed"):
+        run(dataset, tmp_path, seed=-1)
+    with pytest.raises(PsaError, match="no labels"):
+        run(dataset, tmp_path, names=[*dataset[1], "missing"])
+
+
+# -- a real SIGTERM to a training process -------------------------------------------
+
+
+def test_sigterm_subprocess_then_resume(tmp_path):
+    root = tmp_path / "data"
+    names, labels = write_dataset(root, n=16)
+    write_labels_json(root / "labels.json", names, labels)
+    epochs = 30  # 4 steps an epoch, 120 steps: long enough for the kill to land mid-run
+    total = epochs * 4
+    out = tmp_path / "run"
+    command = [sys.executable, str(REPO / "tests" / "train_script.py"), str(root), str(out)]
+    command.append(str(epochs))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    victim = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    log = out / "log.csv"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and victim.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) > 10:  # header + 10 steps
+            break
+        time.sleep(0.005)
+    assert victim.poll() is None, "training ended before the signal: " + victim.stderr.read()
+    victim.send_signal(signal.SIGTERM)
+    stderr = victim.communicate(timeout=60)[1]
+    assert victim.returncode == 128 + signal.SIGTERM, stderr
+    assert "SIGTERM" in stderr
+    assert (out / "checkpoint.pt").is_file()
+    assert not (out / "weights.pt").exists()
+    steps_done = io.load_torch(out / "checkpoint.pt")["global_step"]
+    assert 10 <= steps_done < total
+
+    resumed = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    # meanwhile, the uninterrupted reference: the same function, in this process
+    from tests.train_script import main as train_script_main
+
+    assert train_script_main(root, tmp_path / "reference", epochs) == 0
+    stderr = resumed.communicate(timeout=120)[1]
+    assert resumed.returncode == 0, stderr
+    assert f"resuming from {out / 'checkpoint.pt'} at step {steps_done}/{total}" in stderr
+    assert not (out / "checkpoint.pt").exists()
+    assert_same_weights(out / "weights.pt", tmp_path / "reference" / "weights.pt")
+    assert [int(r["step"]) for r in read_log(log)] == list(range(1, total + 1))

@@ -1,0 +1,114 @@
+"""Real Snakemake runs of the workflow on a tiny synthetic configuration."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from tests.workflow.conftest import REPO, TINY_CONFIG, run_snakemake, write_config
+
+
+def test_lint_is_clean(tiny_workdir: Path) -> None:
+    proc = run_snakemake(tiny_workdir, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_default_config_dry_run() -> None:
+    """The repository's own config.yaml gives a valid DAG up to the CAM evaluation."""
+    proc = run_snakemake(REPO, "-n", "--quiet", "rules")
+    for rule in ("generate_synthetic", "index_split", "train_cam", "infer_cam", "evaluate_cam"):
+        assert rule in proc.stdout, proc.stdout
+
+
+def jobs_run(stdout_and_err: str) -> list[str]:
+    return re.findall(r"^rule (\w+):", stdout_and_err, flags=re.M)
+
+
+@pytest.mark.slow
+def test_full_run_then_incremental_rebuild(tiny_workdir: Path) -> None:
+    proc = run_snakemake(tiny_workdir)
+    results = tiny_workdir / "results"
+    for split in ("train", "val"):
+        metrics = json.loads((results / f"cam/eval/{split}.json").read_text())
+        assert 0.0 <= metrics["published"]["miou"] <= 1.0
+        assert (results / f"cam/eval/{split}.csv").is_file()
+        assert (results / f"cam/eval/{split}.svg").read_text().lstrip().startswith("<")
+    shards = sorted((results / "cam/train").glob("shard-*.h5"))
+    assert [s.name for s in shards] == ["shard-000.h5", "shard-001.h5"]
+    with h5py.File(shards[0]) as f:
+        assert f.attrs["psa_core_version"]
+        name = sorted(f)[0]
+        cams = f[name][()]
+        assert cams.ndim == 3 and np.all(cams >= 0) and np.all(cams <= 1.0 + 1e-3)
+        assert len(f[name].attrs["class_ids"]) == cams.shape[0]
+    assert (results / "cam/weights.pt").is_file()
+    assert not (results / "cam/train_checkpoint.pt").exists()
+    all_jobs = jobs_run(proc.stdout + proc.stderr)
+    assert all_jobs.count("infer_cam") == 3  # 2 train shards + 1 val shard
+
+    # Nothing to do when nothing changed.
+    proc = run_snakemake(tiny_workdir)
+    assert jobs_run(proc.stdout + proc.stderr) == []
+
+    # An evaluation parameter reruns only the evaluations.
+    config = copy.deepcopy(TINY_CONFIG)
+    config["cam"]["evaluate"]["thresholds"] = [0.15, 0.25]
+    write_config(tiny_workdir, config)
+    proc = run_snakemake(tiny_workdir)
+    assert sorted(jobs_run(proc.stdout + proc.stderr)) == ["all", "evaluate_cam", "evaluate_cam"]
+
+    # An inference parameter reruns inference and evaluation, not training.
+    config["cam"]["infer"]["scales"] = [1.0]
+    write_config(tiny_workdir, config)
+    proc = run_snakemake(tiny_workdir)
+    ran = jobs_run(proc.stdout + proc.stderr)
+    assert "train_cam" not in ran and ran.count("infer_cam") == 3, ran
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"cam": {"lr": -1}}, "cam.lr"),
+        ({"dataset": {"kind": "coco"}}, "dataset.kind"),
+        ({"model": {"backbone": "resnet50"}}, "model.backbone"),
+        ({"dataset": {"shard_size": 0}}, "dataset.shard_size"),
+        ({"cam": {"batch_szie": 3}}, "cam"),
+    ],
+)
+def test_bad_config_value_gives_one_line(tmp_path: Path, override: dict, key: str) -> None:
+    config = copy.deepcopy(TINY_CONFIG)
+    for section, values in override.items():
+        config[section].update(values)
+    write_config(tmp_path, config)
+    proc = run_snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert f"'{key}'" in lines[0] and "config.yaml" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_split_gives_one_line(tmp_path: Path) -> None:
+    config = copy.deepcopy(TINY_CONFIG)
+    config["dataset"]["eval_splits"] = ["test"]
+    write_config(tmp_path, config)
+    proc = run_snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "'test'" in lines[0], proc.stderr
+
+
+def test_missing_voc_root_gives_one_line(tmp_path: Path) -> None:
+    config = copy.deepcopy(TINY_CONFIG)
+    config["dataset"] = {"kind": "voc", "root": str(tmp_path / "nowhere")}
+    write_config(tmp_path, config)
+    proc = run_snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "nowhere" in lines[0], proc.stderr

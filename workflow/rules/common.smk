@@ -1,0 +1,126 @@
+# Helpers shared by every stage: config validation, paths, shard lists.
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+from snakemake.utils import validate
+
+from psa_core.data import num_shards, read_image_list, image_list_path
+from psa_core.errors import PsaError
+
+SCHEMA = "../schemas/config.schema.yaml"
+
+
+def check_config(config):
+    """Stop with one line naming the first bad key (no traceback), then fill defaults."""
+    schema = yaml.safe_load(Path(workflow.source_path(SCHEMA)).read_text())
+    errors = sorted(
+        jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path)
+    )
+    if errors:
+        error = errors[0]
+        key = ".".join(str(p) for p in error.path) or "(top level)"
+        sys.exit(
+            f"config: key '{key}': {error.message}; fix it in config.yaml or --config "
+            "(allowed values: workflow/schemas/config.schema.yaml)"
+        )
+    validate(config, SCHEMA)  # fills in the schema defaults
+
+
+check_config(config)
+
+OUT = Path(config["output_dir"])
+DATASET = config["dataset"]
+SYNTHETIC = DATASET["kind"] == "synthetic"
+DATA_ROOT = OUT / "synthetic" if SYNTHETIC else Path(DATASET["root"] or "")
+TRAIN_SPLIT = DATASET["train_split"]
+EVAL_SPLITS = DATASET["eval_splits"]
+BACKBONE = config["model"]["backbone"]
+# The split whose validation loss train_cam logs: the first evaluated split it does not train on.
+VAL_SPLIT = next((split for split in EVAL_SPLITS if split != TRAIN_SPLIT), None)
+
+
+def out(pattern):
+    """A path under output_dir; `pattern` may hold {wildcards}."""
+    return str(OUT / pattern)
+
+
+def dataset_input(wildcards=None):
+    """The dataset as an input: the generated folder, or the split lists."""
+    if SYNTHETIC:
+        return str(DATA_ROOT)
+    return [str(image_list_path(DATA_ROOT, split)) for split in all_splits()]
+
+
+def all_splits():
+    return list(dict.fromkeys([TRAIN_SPLIT, *EVAL_SPLITS]))
+
+
+def split_size(split):
+    """Number of images in a split, known when the DAG is built."""
+    if SYNTHETIC:
+        sizes = {"train": config["synthetic"]["num_train"], "val": config["synthetic"]["num_val"]}
+        if split not in sizes:
+            sys.exit(
+                f"config: key 'dataset.eval_splits': the synthetic dataset has no split "
+                f"'{split}'; use train and/or val"
+            )
+        return sizes[split]
+    if not DATASET["root"]:
+        sys.exit("config: key 'dataset.root': kind voc needs the dataset folder; set dataset.root")
+    try:
+        return len(read_image_list(DATA_ROOT, split))
+    except PsaError as exc:
+        sys.exit(str(exc))
+
+
+def shard_ids(split):
+    """Zero-padded shard numbers of a split (shard_size images each)."""
+    return [f"{i:03d}" for i in range(num_shards(split_size(split), DATASET["shard_size"]))]
+
+
+def classes_arg():
+    """The --classes option of `psa index`, empty when the dataset decides."""
+    return option("--classes", ",".join(DATASET["classes"] or []))
+
+
+def option(flag, value):
+    """`flag value` for a command line, or nothing when value is empty/None."""
+    return f"{flag} {value}" if value else ""
+
+
+def spaced(values):
+    """A list as space-separated command-line arguments."""
+    return " ".join(str(v) for v in values)
+
+
+def cam_shards(wildcards):
+    """All CAM shards of a split."""
+    return expand(
+        out("cam/{split}/shard-{shard}.h5"), split=wildcards.split, shard=shard_ids(wildcards.split)
+    )
+
+
+def val_index(wildcards):
+    """The validation split's index files, when there is a validation split."""
+    if VAL_SPLIT is None:
+        return {}
+    return {
+        "val_images": out(f"index/{VAL_SPLIT}/images.txt"),
+        "val_labels": out(f"index/{VAL_SPLIT}/labels.json"),
+    }
+
+
+def val_options(wildcards, input):
+    """The --val-* options of `psa train-cam` for the inputs of `val_index`."""
+    if "val_images" not in input.keys():
+        return ""
+    return f"--val-images {input.val_images} --val-labels {input.val_labels}"
+
+
+JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
+
+
+for _split in all_splits():
+    split_size(_split)  # fail early, with one line, on an unknown split
