@@ -82,7 +82,8 @@ def cmd_train_cam(args: argparse.Namespace) -> None:
         labels = {**val_labels, **labels}
     model = build_model(args.backbone, "cam", num_classes=len(classes))
     if args.init:
-        for note in load_weights(model, args.init):
+        # The classifier layer is new for every run; the file gives the backbone.
+        for note in load_weights(model, args.init, backbone_only=True):
             log.info("init weights: %s", note)
     # The log grows beside the checkpoint while training runs and survives a
     # kill (Snakemake deletes a failed job's outputs); it becomes --out-log at the end.
@@ -102,6 +103,7 @@ def cmd_train_cam(args: argparse.Namespace) -> None:
         lr=args.lr,
         weight_decay=args.weight_decay,
         poly_power=args.poly_power,
+        momentum=args.momentum,
         seed=args.seed,
         device=args.device,
         num_workers=args.num_workers,
@@ -194,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--poly-power", type=float, default=0.9)
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
     p.add_argument("--crop-size", type=int, default=448)
     p.add_argument("--resize-long", type=int, nargs=2, default=(256, 512), metavar=("LO", "HI"))
     p.add_argument(

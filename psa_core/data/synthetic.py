@@ -321,6 +321,7 @@ def render_image(
     max_classes_per_image: int = 2,
     part_fraction: tuple[float, float] = (0.10, 0.20),
     num_decoys: tuple[int, int] = (0, 2),
+    hard_decoys: float = 0.0,
     num_distractors: tuple[int, int] = (3, 8),
     void_width: int = 1,
 ) -> SyntheticImage:
@@ -392,7 +393,7 @@ def render_image(
             if rng.uniform() < 0.6:
                 part = _random_part(rng, body, int(body_mask.sum()), part_fraction)
                 fake_part = part.mask(yy, xx) & ~union
-                if spare_styles and rng.uniform() < 0.5:
+                if spare_styles and rng.uniform() < hard_decoys:
                     colour, style = spare_styles[int(rng.integers(len(spare_styles)))]
                     fake_look = (np.float32(colour), style)
                 else:
@@ -546,6 +547,7 @@ def generate(
     max_classes_per_image: int = 2,
     part_fraction: tuple[float, float] = (0.10, 0.20),
     num_decoys: tuple[int, int] = (0, 2),
+    hard_decoys: float = 0.0,
     num_distractors: tuple[int, int] = (3, 8),
     void_width: int = 1,
     jpeg_quality: int = 95,
@@ -569,6 +571,10 @@ def generate(
         max_classes_per_image: classes per image, 1..this.
         part_fraction: (low, high) of a part's area as a fraction of its body's.
         num_decoys: (low, high) part-less bodies per image (background).
+        hard_decoys: probability that a decoy's fake part takes the colour and
+            pattern of a class not in use (a hard negative; needs
+            num_classes < len(SYNTHETIC_CLASSES)). 0 keeps the CPU demo
+            learnable in a minute; raise it for a harder benchmark.
         num_distractors: (low, high) small class-less shapes per image.
         void_width: void band in pixels on each side of object boundaries (0: none).
         jpeg_quality: JPEG quality of the images.
@@ -592,6 +598,7 @@ def generate(
         0 < part_fraction[0] <= part_fraction[1] < 1, "part_fraction", "need 0 < low <= high < 1"
     )
     _check(0 <= num_decoys[0] <= num_decoys[1], "num_decoys", "need 0 <= low <= high")
+    _check(0 <= hard_decoys <= 1, "hard_decoys", f"is {hard_decoys}, must be in [0, 1]")
     _check(
         0 <= num_distractors[0] <= num_distractors[1], "num_distractors", "need 0 <= low <= high"
     )
@@ -616,6 +623,7 @@ def generate(
                 max_classes_per_image=max_classes_per_image,
                 part_fraction=part_fraction,
                 num_decoys=num_decoys,
+                hard_decoys=hard_decoys,
                 num_distractors=num_distractors,
                 void_width=void_width,
             )
@@ -641,6 +649,7 @@ def generate(
             max_classes_per_image=max_classes_per_image,
             part_fraction=list(part_fraction),
             num_decoys=list(num_decoys),
+            hard_decoys=hard_decoys,
             num_distractors=list(num_distractors),
             void_width=void_width,
             jpeg_quality=jpeg_quality,

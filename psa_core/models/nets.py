@@ -5,7 +5,8 @@
 
 A backbone is any module with `forward(x) -> {"conv4", "conv5", "conv6"}`
 (stride 8; "conv6" is the final map), `out_channels` (channels per key),
-`normalization` (its input convention) and `frozen_modules()`.
+`normalization` (its input convention), `frozen_modules()` and optionally
+`trains_batchnorm` (True for a from-scratch backbone whose BN layers train).
 
 Checkpoint layout. The published PSA checkpoints (res38_cls.pth, res38_aff.pth,
 vgg_cls.pth, vgg_aff.pth) were saved from one flat module, so their keys are
@@ -176,7 +177,10 @@ class PsaNet(nn.Module):
 
     def train(self, mode: bool = True) -> PsaNet:
         super().train(mode)
-        for module in self.modules():
+        # Pretrained BatchNorm statistics stay frozen; a from-scratch backbone
+        # (tiny) sets `trains_batchnorm` and keeps its BN layers training.
+        trains_bn = getattr(self.backbone, "trains_batchnorm", False)
+        for module in (self.head if trains_bn else self).modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
                 for param in (module.weight, module.bias):

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from psa_data_helpers import (
+
+from psa_core import io
+from psa_core.data.synthetic import generate
+from tests.data.helpers import (
     AUG_ONLY,
     AUG_ONLY_INDICES,
     SYNTH_PARAMS,
@@ -15,9 +18,6 @@ from psa_data_helpers import (
     striped_mask,
     voc_xml,
 )
-
-from psa_core import io
-from psa_core.data.synthetic import generate
 
 
 @pytest.fixture

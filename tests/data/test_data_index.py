@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from psa_data_helpers import AUG_ONLY, TREE_CLASSES
 
 from psa_core import io
 from psa_core.data import (
@@ -17,6 +16,7 @@ from psa_core.data import (
     write_labels,
 )
 from psa_core.errors import PsaError
+from tests.data.helpers import AUG_ONLY, TREE_CLASSES
 
 
 def test_index_split_labels_from_xml_else_mask(voc_tree):

@@ -6,7 +6,6 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from psa_data_helpers import SYNTH_PARAMS
 
 from psa_core import io
 from psa_core.constants import IGNORE_INDEX
@@ -24,6 +23,7 @@ from psa_core.data import (
 )
 from psa_core.data.synthetic import PART_STYLES, render_image, void_band
 from psa_core.errors import PsaError
+from tests.data.helpers import SYNTH_PARAMS
 
 SMALL = {"num_train": 5, "num_val": 2, "image_size": (64, 96), "num_classes": 3}
 

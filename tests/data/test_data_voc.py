@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from psa_data_helpers import AUG_ONLY, TREE_CLASSES, TREE_IMAGES, voc_xml
 
 from psa_core import io
 from psa_core.constants import VOC_CLASSES
@@ -19,6 +18,7 @@ from psa_core.data import (
     read_image_list,
 )
 from psa_core.errors import PsaError
+from tests.data.helpers import AUG_ONLY, TREE_CLASSES, TREE_IMAGES, voc_xml
 
 
 def test_read_image_list_plain(voc_tree):

@@ -175,7 +175,7 @@ def test_save_and_reload_through_io(backbone, head, models, tmp_path):
 
 def test_bn_counters_in_a_file_are_accepted():
     model = build_model("tiny", "cam")
-    model.backbone.stem.append(nn.BatchNorm2d(32))  # tiny has no BN; give it one
+    model.backbone.stem.append(nn.BatchNorm2d(32))  # an extra BN at the end of the stem
     plain = model.state_dict()
     assert not any(k.endswith("num_batches_tracked") for k in plain)
     with_counter = dict(plain)

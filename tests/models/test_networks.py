@@ -100,7 +100,10 @@ def test_train_step_shapes_gradients_and_freezing(backbone, head, cached_model):
     model.eval()
     model.train()  # the override must re-apply the freezing every time
     frozen = [p for m in model.backbone.frozen_modules() for p in m.parameters()]
-    batchnorms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    trains_bn = getattr(model.backbone, "trains_batchnorm", False)
+    batchnorms = [
+        m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and not trains_bn
+    ]
     if backbone in ("resnet38d", "vgg16d"):
         assert frozen
     if backbone == "resnet38d":
@@ -207,3 +210,14 @@ def test_affinity_input_too_small_is_a_user_error():
     model = build_model("tiny", "affinity").eval()
     with torch.no_grad(), pytest.raises(PsaError, match="too small"):
         model(torch.zeros(1, 3, 32, 32))
+
+
+def test_tiny_batchnorm_trains_while_published_backbones_stay_frozen():
+    """tiny trains from scratch, so its BN layers update; see psa_core/models/tiny.py."""
+    model = build_model("tiny", "cam").train()
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    model(torch.randn(2, 3, 32, 32))
+    assert bn.training and bn.weight.requires_grad
+    assert not torch.equal(before, bn.running_mean)
+    assert not getattr(build_model("vgg16d", "cam").backbone, "trains_batchnorm", False)

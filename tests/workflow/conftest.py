@@ -17,7 +17,13 @@ TINY_CONFIG = {
     "device": "cpu",
     "seed": 0,
     "dataset": {"kind": "synthetic", "shard_size": 8, "eval_splits": ["train", "val"]},
-    "synthetic": {"seed": 1, "num_train": 16, "num_val": 8, "image_size": [48, 64], "num_classes": 2},
+    "synthetic": {
+        "seed": 1,
+        "num_train": 16,
+        "num_val": 8,
+        "image_size": [48, 64],
+        "num_classes": 2,
+    },
     "model": {"backbone": "tiny"},
     "cam": {
         "batch_size": 4,

@@ -32,6 +32,7 @@ rule train_cam:
         lr=CAM["lr"],
         weight_decay=CAM["weight_decay"],
         poly_power=CAM["poly_power"],
+        momentum=CAM["momentum"],
         crop_size=CAM["crop_size"],
         resize_long=spaced(CAM["resize_long"]),
         jitter=spaced(CAM["color_jitter"][k] for k in JITTER_KEYS),
@@ -43,6 +44,7 @@ rule train_cam:
         " --labels {input.labels} {params.val} --backbone {params.backbone} {params.init}"
         " --epochs {params.epochs} --batch-size {params.batch_size} --lr {params.lr}"
         " --weight-decay {params.weight_decay} --poly-power {params.poly_power}"
+        " --momentum {params.momentum}"
         " --crop-size {params.crop_size} --resize-long {params.resize_long}"
         " --color-jitter {params.jitter} --num-workers {params.num_workers}"
         " --seed {params.seed} --device {params.device} --threads {threads}"
