@@ -154,12 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from psa_core.models import build_model  # the model registry (DESIGN.md §3)
 
+    state = None
     num_classes = len(VOC_CLASSES)
-    model = build_model(args.backbone, "cam", num_classes=num_classes)
     if args.weights:
         from psa_core.io import load_torch
 
-        model.load_state_dict(load_torch(args.weights), strict=True)
+        state = load_torch(args.weights)
+        num_classes = state["fc8.weight"].shape[0]  # the trained classifier's K
+    model = build_model(args.backbone, "cam", num_classes=num_classes)
+    if state is not None:
+        model.load_state_dict(state, strict=True)
     model = model.to(device).eval()
 
     inputs = make_inputs(args.images, args.size, num_classes, args.seed)
