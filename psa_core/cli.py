@@ -62,6 +62,8 @@ def _set_threads(threads: int | None) -> None:
 def cmd_train_cam(args: argparse.Namespace) -> None:
     import os
 
+    import torch
+
     from psa_core.data import read_labels
     from psa_core.io import read_lines
     from psa_core.models import build_model
@@ -80,6 +82,7 @@ def cmd_train_cam(args: argparse.Namespace) -> None:
             )
         val_names = read_lines(args.val_images)
         labels = {**val_labels, **labels}
+    torch.manual_seed(args.seed)  # new layers start the same in every run of a config
     model = build_model(args.backbone, "cam", num_classes=len(classes))
     if args.init:
         # The classifier layer is new for every run; the file gives the backbone.

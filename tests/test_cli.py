@@ -1,0 +1,122 @@
+"""The `psa` command line as users and the rules run it: real subprocesses."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from psa_core import io
+from psa_core.data import write_labels
+from tests.train_helpers import NUM_CLASSES, write_dataset
+
+CLASSES = [f"class{i}" for i in range(NUM_CLASSES)]
+
+
+def psa(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "psa_core", *args], capture_output=True, text=True, **kwargs
+    )
+
+
+def test_help_lists_every_subcommand() -> None:
+    proc = psa("--help")
+    assert proc.returncode == 0
+    for command in ("synth", "index", "train-cam", "infer-cam", "evaluate-cam"):
+        assert command in proc.stdout
+
+
+def test_failed_index_is_one_line_and_keeps_earlier_artifacts(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    assert psa("synth", "--out", str(root), "--num-train", "6", "--num-val", "2").returncode == 0
+    labels = tmp_path / "index" / "labels.json"
+    images = tmp_path / "index" / "images.txt"
+    args = ["index", "--root", str(root), "--split", "train"]
+    args += ["--out-images", str(images), "--out-labels", str(labels)]
+    assert psa(*args).returncode == 0
+    before = labels.read_bytes(), images.read_bytes()
+
+    broken = root / "JPEGImages" / "syn_000003.jpg"
+    broken.write_bytes(b"not a jpeg")
+    proc = psa(*args)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "syn_000003.jpg" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (labels.read_bytes(), images.read_bytes()) == before
+    assert sorted(p.name for p in labels.parent.iterdir()) == ["images.txt", "labels.json"]
+
+
+def test_missing_weights_file_is_one_line(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    names, labels = write_dataset(root, n=2)
+    write_labels(tmp_path / "labels.json", CLASSES, labels)
+    (tmp_path / "images.txt").write_text("\n".join(names) + "\n")
+    proc = psa(
+        "infer-cam", "--root", str(root), "--images", str(tmp_path / "images.txt"),
+        "--labels", str(tmp_path / "labels.json"), "--weights", str(tmp_path / "nope.pt"),
+        "--shard", "0", "--shard-size", "2", "--device", "cpu", "--out", str(tmp_path / "s.h5"),
+    )  # fmt: skip
+    assert proc.returncode == 2 and "nope.pt" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "s.h5").exists()
+
+
+@pytest.mark.slow
+def test_train_cam_killed_by_sigterm_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """SIGTERM to a real `psa train-cam`, rerun the same command: same weights as one run."""
+    root = tmp_path / "data"
+    names, labels = write_dataset(root, n=16)
+    write_labels(tmp_path / "labels.json", CLASSES, labels)
+    (tmp_path / "images.txt").write_text("\n".join(names) + "\n")
+    epochs = 30  # 4 steps an epoch
+
+    def command(out: Path) -> list[str]:
+        return [
+            sys.executable, "-m", "psa_core", "train-cam", "--root", str(root),
+            "--images", str(tmp_path / "images.txt"), "--labels", str(tmp_path / "labels.json"),
+            "--backbone", "tiny", "--epochs", str(epochs), "--batch-size", "4", "--lr", "0.01",
+            "--crop-size", "32", "--resize-long", "24", "40", "--seed", "3", "--device", "cpu",
+            "--threads", "1", "--checkpoint", str(out / "ckpt.pt"),
+            "--out-log", str(out / "log.csv"), "--out", str(out / "weights.pt"),
+        ]  # fmt: skip
+
+    out = tmp_path / "run"
+    victim = subprocess.Popen(command(out), stderr=subprocess.PIPE, text=True)
+    partial_log = out / "log.csv.partial"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and victim.poll() is None:
+        if partial_log.is_file() and len(partial_log.read_text().splitlines()) >= 3:
+            break  # header + two rows of 10 steps
+        time.sleep(0.01)
+    assert victim.poll() is None, "training ended before the signal: " + victim.stderr.read()
+    victim.send_signal(signal.SIGTERM)
+    stderr = victim.communicate(timeout=120)[1]
+    assert victim.returncode == 128 + signal.SIGTERM, stderr
+    assert (out / "ckpt.pt").is_file() and partial_log.is_file()
+    assert not (out / "weights.pt").exists() and not (out / "log.csv").exists()
+
+    resumed = subprocess.run(command(out), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    reference = subprocess.run(
+        command(tmp_path / "reference"), capture_output=True, text=True, timeout=300
+    )
+    assert reference.returncode == 0, reference.stderr
+
+    ours, theirs = (
+        io.load_torch(out / "weights.pt"),
+        io.load_torch(tmp_path / "reference/weights.pt"),
+    )
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert torch.equal(ours[key], theirs[key]), key
+    assert not (out / "ckpt.pt").exists() and not partial_log.exists()
+    rows = (out / "log.csv").read_text().splitlines()[1:]
+    steps = [int(row.split(",")[0]) for row in rows if ",train," in row]
+    assert steps == sorted(set(steps)) and steps[-1] == epochs * 4  # no gap rows, no repeats
+    reference_rows = (tmp_path / "reference" / "log.csv").read_text().splitlines()[1:]
+    assert steps == [int(row.split(",")[0]) for row in reference_rows if ",train," in row]

@@ -1,0 +1,55 @@
+"""Artifact I/O: atomic writes, HDF5 score shards, weights files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from psa_core import __version__, io
+from psa_core.errors import PsaError
+
+
+class NotAllowed:
+    """An arbitrary pickled object, which no weights file of ours may hold."""
+
+
+def test_atomic_write_that_fails_leaves_the_old_file_and_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    io.write_json(target, {"done": True})
+    with pytest.raises(RuntimeError), io.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+    assert io.read_json(target) == {"done": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_score_shard_round_trip_with_provenance(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    scores = {
+        "a": (rng.random((2, 5, 7), dtype=np.float32), np.array([3, 0])),
+        "b": (np.zeros((0, 4, 4), np.float32), np.array([], dtype=np.int64)),
+    }
+    path = tmp_path / "shard.h5"
+    io.write_score_shard(path, scores, {"scales": [1.0, 0.5], "stage": "cam"}, dtype="float16")
+    data, attrs = io.read_score_shard(path)
+    assert attrs["psa_core_version"] == __version__ and attrs["stage"] == "cam"
+    assert attrs["scales"] == "[1.0, 0.5]"
+    np.testing.assert_allclose(data["a"][0], scores["a"][0], atol=1e-3)  # float16 storage
+    assert data["a"][1].tolist() == [3, 0] and data["b"][0].shape == (0, 4, 4)
+
+
+def test_weights_files_missing_corrupt_or_pickled(tmp_path: Path) -> None:
+    with pytest.raises(PsaError, match="nothing.pt"):
+        io.load_torch(tmp_path / "nothing.pt")
+    (tmp_path / "bad.pt").write_bytes(b"\x00garbage")
+    with pytest.raises(PsaError, match="bad.pt"):
+        io.load_torch(tmp_path / "bad.pt")
+
+    torch.save({"x": NotAllowed()}, tmp_path / "pickle.pt")  # weights_only=True refuses it
+    with pytest.raises(PsaError, match="pickle.pt"):
+        io.load_torch(tmp_path / "pickle.pt")
+    io.save_torch(tmp_path / "ok.pt", {"w": torch.ones(2)})
+    assert torch.equal(io.load_torch(tmp_path / "ok.pt")["w"], torch.ones(2))
