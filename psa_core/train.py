@@ -164,7 +164,26 @@ def _image_paths(root: str | os.PathLike, names: Sequence[str]) -> list[Path]:
     return paths
 
 
-class CamTrainDataset(Dataset):
+class _LabelledImages(Dataset):
+    """Image paths and (K,) float32 labels of a list of names, checked up front."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        names: Sequence[str],
+        labels: Mapping[str, np.ndarray],
+        what: str,
+    ):
+        _check_names(names, labels, what)
+        self.names = list(names)
+        self.paths = _image_paths(root, self.names)
+        self.labels = [np.asarray(labels[n], dtype=np.float32) for n in self.names]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class CamTrainDataset(_LabelledImages):
     """Augmented images and image-level labels for CAM training.
 
     Keys are `(epoch, index)`; sample `index` of `epoch` is augmented with
@@ -181,15 +200,9 @@ class CamTrainDataset(Dataset):
         transform: CamTrainTransform,
         seed: int,
     ):
-        _check_names(names, labels, "training set")
-        self.names = list(names)
-        self.paths = _image_paths(root, self.names)
-        self.labels = [np.asarray(labels[n], dtype=np.float32) for n in self.names]
+        super().__init__(root, names, labels, "training set")
         self.transform = transform
         self.seed = seed
-
-    def __len__(self) -> int:
-        return len(self.names)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = key
@@ -209,7 +222,7 @@ class CamTrainDataset(Dataset):
         }
 
 
-class CamEvalDataset(Dataset):
+class CamEvalDataset(_LabelledImages):
     """Validation images for the CAM loss: no augmentation, a centred
     `crop_size` window with zero padding (the reference's `CenterCrop`).
 
@@ -224,15 +237,9 @@ class CamEvalDataset(Dataset):
         normalization: Normalization,
         crop_size: int,
     ):
-        _check_names(names, labels, "validation set")
-        self.names = list(names)
-        self.paths = _image_paths(root, self.names)
-        self.labels = [np.asarray(labels[n], dtype=np.float32) for n in self.names]
+        super().__init__(root, names, labels, "validation set")
         self.normalization = normalization
         self.crop_size = crop_size
-
-    def __len__(self) -> int:
-        return len(self.names)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.normalization.numpy(io.read_image(self.paths[index])).transpose(1, 2, 0)
