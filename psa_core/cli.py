@@ -107,6 +107,7 @@ def cmd_train_cam(args: argparse.Namespace) -> None:
         weight_decay=args.weight_decay,
         poly_power=args.poly_power,
         momentum=args.momentum,
+        amp_dtype=args.amp,
         seed=args.seed,
         device=args.device,
         num_workers=args.num_workers,
@@ -133,6 +134,7 @@ def cmd_infer_cam(args: argparse.Namespace) -> None:
         scales=tuple(args.scales),
         dtype=args.dtype,
         device=args.device,
+        amp=args.amp,
         out=args.out,
     )
 
@@ -188,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_runtime_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+        p.add_argument(
+            "--amp",
+            choices=("none", "bfloat16", "float16"),
+            default="none",
+            help="autocast dtype of the forward passes (mixed precision)",
+        )
         p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
     p = add("train-cam", cmd_train_cam, "train the classification network (resumable)")

@@ -41,6 +41,7 @@ def infer_cam_shard(
     dtype: str,
     device: str,
     out: Path,
+    amp: str = "none",
 ) -> None:
     """Multi-scale CAMs (DESIGN.md §1.1) of one shard of a split into one HDF5 file.
 
@@ -49,6 +50,7 @@ def infer_cam_shard(
     """
     from psa_core.cam import multiscale_cam
     from psa_core.data import image_path, read_labels, shard_slice
+    from psa_core.device import autocast_dtype
 
     classes, labels = read_labels(labels_path)
     names = shard_slice(io.read_lines(images_list), shard_size, shard)
@@ -60,7 +62,8 @@ def infer_cam_shard(
         if name not in labels:
             raise PsaError(f"{labels_path}: no labels for image '{name}'; rerun `psa index`")
         label = labels[name]
-        cams = multiscale_cam(model, io.read_image(image_path(root, name)), label, scales=scales)
+        image = io.read_image(image_path(root, name))
+        cams = multiscale_cam(model, image, label, scales=scales, amp_dtype=autocast_dtype(amp))
         present = np.flatnonzero(label > 0)
         scores[name] = (cams[present], present)
     elapsed = time.perf_counter() - start
@@ -76,6 +79,7 @@ def infer_cam_shard(
             "backbone": backbone,
             "weights": str(weights),
             "scales": list(scales),
+            "amp": amp,
             "shard": shard,
             "shard_size": shard_size,
         },

@@ -66,7 +66,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from psa_core import io
-from psa_core.device import resolve_device
+from psa_core.device import autocast_dtype, resolve_device
 from psa_core.errors import PsaError, TrainingInterrupted
 from psa_core.optim import POLY_POWER, param_groups, poly_scheduler
 from psa_core.transforms import (
@@ -385,16 +385,6 @@ def _batch_len(batch: Any) -> int:
     raise TypeError("cannot tell the batch size of the collated batch")
 
 
-def _amp(amp_dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if amp_dtype is None or isinstance(amp_dtype, torch.dtype):
-        return amp_dtype
-    names = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    names |= {"float16": torch.float16, "fp16": torch.float16, "none": None}
-    if amp_dtype not in names:
-        raise PsaError(f"amp dtype '{amp_dtype}': use none, bfloat16 or float16")
-    return names[amp_dtype]
-
-
 def _hms(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
@@ -496,7 +486,7 @@ def train(
     """
     _check_args(epochs, batch_size, lr, seed, num_workers, log_every, checkpoint_every)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    amp = _amp(amp_dtype)
+    amp = autocast_dtype(amp_dtype)
     n = len(dataset)
     steps_per_epoch = n // batch_size
     if steps_per_epoch == 0:

@@ -39,6 +39,7 @@ rule train_cam:
         num_workers=CAM["num_workers"],
         seed=config["seed"],
         device=config["device"],
+        amp=config["amp"],
     shell:
         "python -m psa_core train-cam --root {params.root} --images {input.images}"
         " --labels {input.labels} {params.val} --backbone {params.backbone} {params.init}"
@@ -47,7 +48,7 @@ rule train_cam:
         " --momentum {params.momentum}"
         " --crop-size {params.crop_size} --resize-long {params.resize_long}"
         " --color-jitter {params.jitter} --num-workers {params.num_workers}"
-        " --seed {params.seed} --device {params.device} --threads {threads}"
+        " --seed {params.seed} --device {params.device} --amp {params.amp} --threads {threads}"
         " --checkpoint {params.checkpoint} --restart-on-change --out-log {output.log_csv}"
         " --out {output.weights} > {log} 2>&1"
 
@@ -76,11 +77,12 @@ rule infer_cam:
         scales=spaced(CAM["infer"]["scales"]),
         dtype=CAM["infer"]["dtype"],
         device=config["device"],
+        amp=config["amp"],
     shell:
         "python -m psa_core infer-cam --root {params.root} --images {input.images}"
         " --labels {input.labels} --weights {input.weights} --backbone {params.backbone}"
         " --shard {wildcards.shard} --shard-size {params.shard_size} --scales {params.scales}"
-        " --dtype {params.dtype} --device {params.device} --threads {threads}"
+        " --dtype {params.dtype} --device {params.device} --amp {params.amp} --threads {threads}"
         " --out {output.cams} > {log} 2>&1"
 
 
