@@ -13,7 +13,7 @@ include: "workflow/rules/common.smk"
 
 wildcard_constraints:
     split=r"[A-Za-z0-9_-]+",
-    shard=r"\d{3}",
+    shard=r"\d\d\d+",
 
 
 include: "workflow/rules/data.smk"

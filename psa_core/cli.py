@@ -60,8 +60,6 @@ def _set_threads(threads: int | None) -> None:
 
 
 def cmd_train_cam(args: argparse.Namespace) -> None:
-    import os
-
     import torch
 
     from psa_core.data import read_labels
@@ -88,9 +86,6 @@ def cmd_train_cam(args: argparse.Namespace) -> None:
         # The classifier layer is new for every run; the file gives the backbone.
         for note in load_weights(model, args.init, backbone_only=True):
             log.info("init weights: %s", note)
-    # The log grows beside the checkpoint while training runs and survives a
-    # kill (Snakemake deletes a failed job's outputs); it becomes --out-log at the end.
-    partial_log = args.out_log.with_name(args.out_log.name + ".partial")
     train_cam(
         model,
         root=args.root,
@@ -113,10 +108,9 @@ def cmd_train_cam(args: argparse.Namespace) -> None:
         num_workers=args.num_workers,
         out_weights=args.out,
         checkpoint_path=args.checkpoint,
-        log_csv=partial_log,
+        log_csv=args.out_log,
         config={"init": str(args.init) if args.init else None},
     )
-    os.replace(partial_log, args.out_log)
 
 
 def cmd_infer_cam(args: argparse.Namespace) -> None:

@@ -23,6 +23,15 @@ from psa_core.constants import voc_palette
 from psa_core.errors import PsaError
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` on success.
@@ -35,6 +44,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the usual mode
     try:
         yield tmp
         os.replace(tmp, target)
@@ -153,10 +163,10 @@ def load_torch(path: str | os.PathLike, what: str = "weights") -> dict[str, Any]
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PsaError(
-            f"{path}: cannot read {what} ({first}); the file is corrupt or not a weights-only "
-            "PyTorch file: re-export it with torch.save(state_dict)"
+            f"{path}: cannot read {what} ({type(exc).__name__}): the file is truncated, corrupt, "
+            "or holds pickled objects beyond tensors; replace it with a file saved by "
+            "torch.save of a plain dict of tensors (a training checkpoint: delete it)"
         ) from None
     if not isinstance(obj, dict):
         raise PsaError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
@@ -213,6 +223,20 @@ def read_score_shard(
     except OSError as exc:
         raise PsaError(f"{path}: cannot read HDF5 shard ({exc}); delete it and rerun") from None
     return data, attrs
+
+
+def read_score_shard_names(path: str | os.PathLike) -> list[str]:
+    """The image names a shard holds, without reading their maps."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise PsaError(f"{path}: score shard not found; run the inference step that makes it")
+    try:
+        with h5py.File(path, "r") as f:
+            return list(f)
+    except OSError as exc:
+        raise PsaError(f"{path}: cannot read HDF5 shard ({exc}); delete it and rerun") from None
 
 
 def _h5_attr(value: Any) -> Any:

@@ -90,33 +90,38 @@ def infer_cam_shard(
 def iter_cam_items(
     root: Path, names: Sequence[str], shards: Sequence[Path]
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (cams (C, H, W), class_ids (C,), gt (H, W) uint8) for every listed image."""
+    """Yield (cams (C, H, W), class_ids (C,), gt (H, W) uint8) for every listed image.
+
+    One shard is in memory at a time (a VOC split's CAMs would not fit at once).
+    """
     from psa_core.data import gt_mask_path
 
-    found = {}
-    for shard in shards:
-        data, _ = io.read_score_shard(shard)
-        found.update(data)
-    missing = [n for n in names if n not in found]
+    stored = {name for shard in shards for name in io.read_score_shard_names(shard)}
+    missing = [n for n in names if n not in stored]
     if missing:
         raise PsaError(
             f"CAM shards lack {len(missing)} listed images (first: '{missing[0]}'); "
             "delete the shards and rerun inference"
         )
-    for name in names:
-        cams, class_ids = found[name]
-        mask_file = gt_mask_path(root, name)
-        if mask_file is None:
-            raise PsaError(
-                f"{root}: no ground-truth mask for '{name}'; evaluate a split that has masks"
-            )
-        gt = io.read_mask(mask_file)
-        if gt.shape != cams.shape[1:]:
-            raise PsaError(
-                f"{mask_file}: mask is {gt.shape[1]}x{gt.shape[0]} but its CAM is "
-                f"{cams.shape[2]}x{cams.shape[1]}; rerun inference for this dataset"
-            )
-        yield cams, class_ids, gt
+    wanted = set(names)
+    for shard in shards:
+        data, _ = io.read_score_shard(shard)
+        for name, (cams, class_ids) in data.items():
+            if name not in wanted:
+                continue
+            wanted.discard(name)  # an image stored twice counts once
+            mask_file = gt_mask_path(root, name)
+            if mask_file is None:
+                raise PsaError(
+                    f"{root}: no ground-truth mask for '{name}'; evaluate a split that has masks"
+                )
+            gt = io.read_mask(mask_file)
+            if gt.shape != cams.shape[1:]:
+                raise PsaError(
+                    f"{mask_file}: mask is {gt.shape[1]}x{gt.shape[0]} but its CAM is "
+                    f"{cams.shape[2]}x{cams.shape[1]}; rerun inference for this dataset"
+                )
+            yield cams, class_ids, gt
 
 
 def evaluate_cam_shards(
@@ -137,11 +142,10 @@ def evaluate_cam_shards(
 
     classes, _ = read_labels(labels_path)
     names = io.read_lines(images_list)
-    sweep = sorted(set(thresholds) | {bg_threshold})
     result = evaluate_cams(
         iter_cam_items(root, names, shards),
         num_classes=len(classes) + 1,
-        thresholds=sweep,
+        thresholds=thresholds,
         published_threshold=bg_threshold,
     )
     log.info("CAM mIoU: %s", {k: v for k, v in result.items() if "miou" in k})

@@ -28,12 +28,16 @@ Determinism and resume
   power, seed, AMP dtype, model layout, dataset names / labels / augmentation,
   caller's `config`) differs is refused with a PsaError.
 - On completion the weights (`model.state_dict()` only) are written
-  atomically to `out_weights`, and only then is the checkpoint deleted: the
-  weights file exists exactly when training finished.
+  atomically to `out_weights`, the log is renamed from `<log_csv>.partial` to
+  `log_csv`, and only then is the checkpoint deleted: both outputs exist
+  exactly when training finished, and a kill at any point before leaves a
+  checkpoint to resume from.
 
 Log
 ---
-`log_csv` gets one row every `log_every` steps (means over those steps):
+The log grows as `<log_csv>.partial` while training runs (it survives a kill,
+and a workflow engine that deletes a failed job's outputs); `log_csv` gets one
+row every `log_every` steps (means over those steps):
 step (global, 1-based), epoch (1-based), phase "train", loss, lr (group 0, the
 value used for that step), images_per_s, elapsed_s, then the loss parts. With
 a validation set, each epoch end adds a row with phase "val" and the mean
@@ -95,6 +99,11 @@ what the DataLoader collates, already moved to the training device."""
 
 
 # -- sampling ---------------------------------------------------------------
+
+
+def partial_log_path(log_csv: str | os.PathLike) -> Path:
+    """Where the log of a running (or interrupted) training grows."""
+    return Path(f"{log_csv}.partial")
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -540,7 +549,7 @@ def train(
         run.stop = stop
         resumed = run.restore()
         stop.step = run.global_step
-        run.csv = _CsvLog(Path(log_csv))
+        run.csv = _CsvLog(partial_log_path(log_csv))
         run.csv.start({"epoch": run.epoch, "global_step": run.global_step} if resumed else None)
         run.log_start(resumed, lr)
         with run.progress_bar():
@@ -557,6 +566,7 @@ def train(
                 if run.epoch < epochs:
                     run.save_checkpoint()
         io.save_torch(out_weights, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+        os.replace(partial_log_path(log_csv), log_csv)
         run.checkpoint_path.unlink(missing_ok=True)
 
     total = run.elapsed()

@@ -241,9 +241,10 @@ def test_sigterm_subprocess_then_resume(tmp_path):
 
     victim = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     log = out / "log.csv"
+    partial = out / "log.csv.partial"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and victim.poll() is None:
-        if log.is_file() and len(log.read_text().splitlines()) > 10:  # header + 10 steps
+        if partial.is_file() and len(partial.read_text().splitlines()) > 10:  # header + 10 steps
             break
         time.sleep(0.005)
     assert victim.poll() is None, "training ended before the signal: " + victim.stderr.read()

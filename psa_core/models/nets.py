@@ -20,8 +20,9 @@ there, make both directions flat:
   in the backbone or the head; already-prefixed keys are accepted as they are.
 
 BatchNorm `num_batches_tracked` counters: the published files were written by
-torch 0.4, which had no such buffer. Every BatchNorm here is frozen (eval mode,
-never updated), so the counter carries no information: `state_dict()` leaves it
+torch 0.4, which had no such buffer. The counter carries no information here
+(published backbones keep BN frozen; tiny's BN uses a fixed momentum, which
+never reads it): `state_dict()` leaves it
 out and `load_state_dict()` fills in the module's current value where a file
 lacks it (and loads it where a file has it). Published files, our own files and
 plain-torch files of the same network therefore all load with `strict=True`.
@@ -50,7 +51,8 @@ AFFINITY_CHANNELS = sum(AFFINITY_WIDTHS)
 
 _GROUP_NORM_GROUPS = (8, 16, 32)  # groups of gn8_3 / gn8_4 / gn8_5 (VGG variant of the reference)
 _SUBMODULES = ("backbone", "head")
-_BN_COUNTER = "num_batches_tracked"
+BN_COUNTER = "num_batches_tracked"
+"""The BatchNorm buffer that state dicts leave out (see the module docstring)."""
 
 
 class Backbone(Protocol):
@@ -133,10 +135,8 @@ class AffinityHead(nn.Module):
         return pair_affinities(self.features(levels), self.radius)
 
     def new_modules(self) -> list[nn.Module]:
-        modules: list[nn.Module] = [self.f8_3, self.f8_4, self.f8_5, self.f9]
-        if self.group_norm:
-            modules += [self.gn8_3, self.gn8_4, self.gn8_5]
-        return modules
+        """The four 1×1 convs (DESIGN §1.3; as the reference, GroupNorm is not among them)."""
+        return [self.f8_3, self.f8_4, self.f8_5, self.f9]
 
 
 # -- models -------------------------------------------------------------------
@@ -245,7 +245,7 @@ def _flatten_state_dict(
     for key, value in items:
         if key.startswith(prefix):
             rest = key[len(prefix) :]
-            if rest.rsplit(".", 1)[-1] == _BN_COUNTER:
+            if rest.rsplit(".", 1)[-1] == BN_COUNTER:
                 continue
             owner, _, inner = rest.partition(".")
             if owner in _SUBMODULES and inner:
@@ -277,5 +277,5 @@ def _nest_state_dict(
             isinstance(child, nn.modules.batchnorm._BatchNorm)
             and child.num_batches_tracked is not None
         ):
-            key = f"{prefix}{name}.{_BN_COUNTER}"
+            key = f"{prefix}{name}.{BN_COUNTER}"
             state_dict.setdefault(key, child.num_batches_tracked.detach().clone())

@@ -45,7 +45,7 @@ from torch import nn
 
 from psa_core.errors import PsaError
 from psa_core.io import atomic_path, load_torch
-from psa_core.models.nets import PsaNet
+from psa_core.models.nets import BN_COUNTER, PsaNet
 from psa_core.models.resnet38d import ResNet38d
 from psa_core.models.vgg16d import CONV_NAMES, VGG16d
 
@@ -73,7 +73,6 @@ _MXNET_DTYPES: dict[int, np.dtype] = {
 }
 """MXNet (mshadow) dtype flag → numpy dtype, little-endian as stored."""
 _MAX_NDIM = 32
-_BN_COUNTER = "num_batches_tracked"
 _SHOW = 5  # keys named in an error message
 
 
@@ -392,7 +391,7 @@ def load_weights(
             state, vgg_notes = torchvision_vgg16_to_psa(state)
             notes += vgg_notes
             backbone_only = True
-    state = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] != _BN_COUNTER}
+    state = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] != BN_COUNTER}
 
     skipped: list[str] = []
     if backbone_only or model is backbone:
@@ -472,7 +471,7 @@ def _flat_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
     return {
         k: tuple(v.shape)
         for k, v in module.state_dict().items()
-        if k.rsplit(".", 1)[-1] != _BN_COUNTER
+        if k.rsplit(".", 1)[-1] != BN_COUNTER
     }
 
 

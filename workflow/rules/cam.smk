@@ -6,6 +6,7 @@ CAM = config["cam"]
 rule train_cam:
     input:
         unpack(val_index),
+        init=init_weights,
         dataset=dataset_input,
         images=out(f"index/{TRAIN_SPLIT}/images.txt"),
         labels=out(f"index/{TRAIN_SPLIT}/labels.json"),

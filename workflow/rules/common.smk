@@ -26,6 +26,18 @@ def check_config(config):
             "(allowed values: workflow/schemas/config.schema.yaml)"
         )
     validate(config, SCHEMA)  # fills in the schema defaults
+    ranges = {
+        "synthetic.image_size": config["synthetic"]["image_size"],
+        "cam.resize_long": config["cam"]["resize_long"],
+    }
+    for key, (low, high) in ranges.items():
+        if low > high:
+            sys.exit(f"config: key '{key}': [{low}, {high}] has min > max; fix it in config.yaml")
+    if config["dataset"]["val_split"] == config["dataset"]["train_split"]:
+        sys.exit(
+            "config: key 'dataset.val_split': equals dataset.train_split; validate on held-out "
+            "images or set it to null"
+        )
 
 
 check_config(config)
@@ -37,8 +49,7 @@ DATA_ROOT = OUT / "synthetic" if SYNTHETIC else Path(DATASET["root"] or "")
 TRAIN_SPLIT = DATASET["train_split"]
 EVAL_SPLITS = DATASET["eval_splits"]
 BACKBONE = config["model"]["backbone"]
-# The split whose validation loss train_cam logs: the first evaluated split it does not train on.
-VAL_SPLIT = next((split for split in EVAL_SPLITS if split != TRAIN_SPLIT), None)
+VAL_SPLIT = DATASET["val_split"]
 
 
 def out(pattern):
@@ -54,7 +65,8 @@ def dataset_input(wildcards=None):
 
 
 def all_splits():
-    return list(dict.fromkeys([TRAIN_SPLIT, *EVAL_SPLITS]))
+    extra = [VAL_SPLIT] if VAL_SPLIT else []
+    return list(dict.fromkeys([TRAIN_SPLIT, *EVAL_SPLITS, *extra]))
 
 
 def split_size(split):
@@ -83,6 +95,11 @@ def shard_ids(split):
 def classes_arg():
     """The --classes option of `psa index`, empty when the dataset decides."""
     return option("--classes", ",".join(DATASET["classes"] or []))
+
+
+def init_weights(wildcards):
+    """The initial weights file as an input (so a missing file stops the DAG), or nothing."""
+    return [config["cam"]["init_weights"]] if config["cam"]["init_weights"] else []
 
 
 def option(flag, value):
