@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from psa_core.constants import BACKGROUND_INDEX, IGNORE_INDEX
+from psa_core.defaults import CAM_INFER
 from psa_core.errors import PsaError
 
-DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+DEFAULT_SCALES: tuple[float, ...] = CAM_INFER.scales
 """Published inference scales (DESIGN.md §1.1); each also runs flipped."""
 
 NORM_EPS = 1e-5

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from psa_core.defaults import CAM_TRAIN
+
 GROUP_SPECS: tuple[tuple[str, float, bool], ...] = (
     ("pretrained_weight", 1.0, True),
     ("pretrained_bias", 2.0, False),
@@ -30,7 +32,7 @@ GROUP_SPECS: tuple[tuple[str, float, bool], ...] = (
 )
 """(name, learning-rate multiplier, weight decay applied) of the four groups."""
 
-POLY_POWER = 0.9
+POLY_POWER = CAM_TRAIN.poly_power
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:

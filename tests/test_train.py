@@ -1,4 +1,4 @@
-"""psa_core.train: poly schedule, per-sample determinism, and resume that ends
+"""psa_core.training: poly schedule, per-sample determinism, and resume that ends
 bit-identical to an uninterrupted run, in-process and across a real SIGTERM."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import torch
 
 from psa_core import io
 from psa_core.errors import PsaError
-from psa_core.train import (
+from psa_core.stages.cam import fit_cam
+from psa_core.training import (
     EpochBatchSampler,
     TrainingInterrupted,
     build_optimizer,
     epoch_order,
     sample_rng,
-    train_cam,
 )
 from tests.train_helpers import (
     tiny_model,
@@ -55,7 +55,7 @@ def dataset(tmp_path_factory):
 
 
 def run(dataset, out: Path, *, interrupt_at: int | None = None, val: bool = False, **overrides):
-    """train_cam on the tiny model; SIGTERM to ourselves after step `interrupt_at`."""
+    """fit_cam on the tiny model; SIGTERM to ourselves after step `interrupt_at`."""
     root, names, labels, val_names = dataset
 
     def on_step(step: int) -> None:
@@ -82,7 +82,7 @@ def run(dataset, out: Path, *, interrupt_at: int | None = None, val: bool = Fals
         on_step=on_step,
     )
     kwargs.update(overrides)
-    return train_cam(tiny_model(), **kwargs)
+    return fit_cam(tiny_model(), **kwargs)
 
 
 def read_log(path: Path) -> list[dict[str, str]]:

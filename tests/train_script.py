@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from psa_core.train import TrainingInterrupted, train_cam  # noqa: E402
+from psa_core.stages.cam import fit_cam  # noqa: E402
+from psa_core.training import TrainingInterrupted  # noqa: E402
 from tests.train_helpers import read_labels_json, tiny_model  # noqa: E402
 
 
@@ -26,7 +27,7 @@ def main(root: Path, out: Path, epochs: int) -> int:
     torch.set_num_threads(1)  # same arithmetic in every run
     names, labels = read_labels_json(root / "labels.json")
     try:
-        train_cam(
+        fit_cam(
             tiny_model(),
             root=root,
             names=names,

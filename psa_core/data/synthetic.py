@@ -58,6 +58,7 @@ from psa_core.data.voc import (
     annotation_path,
     image_path,
 )
+from psa_core.defaults import SYNTHETIC
 from psa_core.errors import PsaError
 
 SYNTHETIC_CLASSES: tuple[str, ...] = (
@@ -538,11 +539,11 @@ def _check(ok: bool, key: str, message: str) -> None:
 def generate(
     root: str | os.PathLike,
     *,
-    num_train: int = 160,
-    num_val: int = 48,
-    image_size: tuple[int, int] = (96, 160),
-    num_classes: int = 4,
-    seed: int = 0,
+    num_train: int = SYNTHETIC.num_train,
+    num_val: int = SYNTHETIC.num_val,
+    image_size: tuple[int, int] = SYNTHETIC.image_size,
+    num_classes: int = SYNTHETIC.num_classes,
+    seed: int = SYNTHETIC.seed,
     max_objects: int = 3,
     max_classes_per_image: int = 2,
     part_fraction: tuple[float, float] = (0.10, 0.20),

@@ -37,6 +37,8 @@ _BACKBONE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("vgg16d", "affinity"): {"fc6_dilation": 4}
 }
 _AFFINITY_GROUP_NORM = {"vgg16d"}
+# The published VGG-16 classifier's forward_cam takes sqrt(relu(fc8 · F)).
+_SQRT_CAM = {"vgg16d"}
 
 
 def build_model(
@@ -75,7 +77,8 @@ def build_model(
     kwargs = {**_BACKBONE_DEFAULTS.get((backbone, head), {}), **backbone_kwargs}
     net = factory(**kwargs)
     if head == "cam":
-        return CAMNet(net, CAMHead(net.out_channels["conv6"], num_classes))
+        head_ = CAMHead(net.out_channels["conv6"], num_classes, sqrt_cam=backbone in _SQRT_CAM)
+        return CAMNet(net, head_)
     return AffinityNet(
         net,
         AffinityHead(net.out_channels, group_norm=backbone in _AFFINITY_GROUP_NORM, radius=radius),

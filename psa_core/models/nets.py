@@ -70,10 +70,23 @@ class Backbone(Protocol):
 
 
 class CAMHead(nn.Module):
-    """Dropout → global average pooling → bias-free 1×1 conv to K classes (`fc8`)."""
+    """Dropout → global average pooling → bias-free 1×1 conv to K classes (`fc8`).
 
-    def __init__(self, in_channels: int, num_classes: int = 20, dropout: float = 0.5) -> None:
+    `sqrt_cam`: the CAM is `sqrt(relu(fc8 · F))`, as the published VGG-16
+    classifier's `forward_cam` computes it (DESIGN.md §1.1), so `vgg_cls.pth`
+    gives the published CAMs; ResNet-38 and tiny use `relu(fc8 · F)`.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int = 20,
+        dropout: float = 0.5,
+        *,
+        sqrt_cam: bool = False,
+    ) -> None:
         super().__init__()
+        self.sqrt_cam = sqrt_cam
         self.dropout7 = nn.Dropout2d(dropout)
         self.fc8 = nn.Conv2d(in_channels, num_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)
@@ -84,8 +97,9 @@ class CAMHead(nn.Module):
         return self.fc8(pooled).flatten(1)
 
     def cam(self, feature: Tensor) -> Tensor:
-        """feature: (B, C, h, w) → relu(fc8(feature)) (B, K, h, w), no dropout."""
-        return F.relu(F.conv2d(feature, self.fc8.weight))
+        """feature: (B, C, h, w) → relu(fc8(feature)) (B, K, h, w), no dropout; sqrt'ed if `sqrt_cam`."""
+        cam = F.relu(F.conv2d(feature, self.fc8.weight))
+        return torch.sqrt(cam) if self.sqrt_cam else cam
 
     def new_modules(self) -> list[nn.Module]:
         return [self.fc8]
@@ -202,7 +216,10 @@ class CAMNet(PsaNet):
         return self.head(self.backbone(x)["conv6"])
 
     def cam(self, x: Tensor) -> Tensor:
-        """x: (B, 3, H, W) normalised → CAMs relu(fc8 · F) (B, K, ceil(H/8), ceil(W/8))."""
+        """x: (B, 3, H, W) normalised → CAMs relu(fc8 · F) (B, K, ceil(H/8), ceil(W/8)).
+
+        sqrt(relu(fc8 · F)) for vgg16d, see `CAMHead`.
+        """
         return self.head.cam(self.backbone(x)["conv6"])
 
 

@@ -68,6 +68,10 @@ def test_backbone_levels_are_stride_8(backbone, cached_model):
         assert torch.isfinite(value).all()
 
 
+# The published VGG-16 classifier's forward_cam is sqrt(relu(fc8 · F)); the others relu(fc8 · F).
+SQRT_CAM_BACKBONES = {"vgg16d"}
+
+
 @pytest.mark.parametrize("backbone", list(BACKBONES))
 def test_cam_is_relu_of_the_classifier_and_logits_are_its_average(backbone, cached_model):
     model = cached_model(backbone, "cam").eval()
@@ -79,7 +83,10 @@ def test_cam_is_relu_of_the_classifier_and_logits_are_its_average(backbone, cach
     assert cams.shape == (_shape(backbone)[0], NUM_CLASSES, *_grid(backbone))
     assert (cams >= 0).all()
     raw = torch.einsum("bchw,kc->bkhw", feature, model.head.fc8.weight[:, :, 0, 0])
-    torch.testing.assert_close(cams, raw.clamp_min(0), rtol=1e-4, atol=1e-4)
+    expected = raw.clamp_min(0)
+    if backbone in SQRT_CAM_BACKBONES:
+        expected = expected.sqrt()
+    torch.testing.assert_close(cams, expected, rtol=1e-4, atol=1e-4)
     # eval: no dropout, so logits = spatial mean of the pre-ReLU class maps
     torch.testing.assert_close(logits, raw.mean(dim=(2, 3)), rtol=1e-4, atol=1e-4)
 
@@ -221,3 +228,18 @@ def test_tiny_batchnorm_trains_while_published_backbones_stay_frozen():
     assert bn.training and bn.weight.requires_grad
     assert not torch.equal(before, bn.running_mean)
     assert not getattr(build_model("vgg16d", "cam").backbone, "trains_batchnorm", False)
+
+
+def test_vgg_cam_is_sqrt_of_relu_of_the_head_conv():
+    """vgg16d: cam() = sqrt(relu(fc8 · F)), the published forward_cam (DESIGN.md §1.1)."""
+    torch.manual_seed(0)
+    model = build_model("vgg16d", "cam", num_classes=NUM_CLASSES).eval()
+    feature = torch.randn(1, model.backbone.out_channels["conv6"], 3, 4)
+    weight = model.head.fc8.weight[:, :, 0, 0]
+    with torch.no_grad():
+        got = model.head.cam(feature)
+    manual = torch.einsum("bchw,kc->bkhw", feature, weight)
+    torch.testing.assert_close(got, torch.sqrt(torch.relu(manual)), rtol=1e-5, atol=1e-6)
+    assert model.head.sqrt_cam
+    assert not build_model("tiny", "cam").head.sqrt_cam
+    assert not build_model("resnet38d", "cam").head.sqrt_cam

@@ -1,7 +1,8 @@
-"""The resumable training loop (DESIGN.md §1.1, §1.3) and the CAM stage's data.
+"""The resumable training loop shared by every training stage (DESIGN.md §1.1, §1.3).
 
-`train` is generic: it takes a model, a dataset and a `loss_fn(model, batch)
--> (loss, parts)`, so the CAM and AffinityNet stages share it. It runs SGD on
+`train` knows no stage: it takes a model, a dataset and a `loss_fn(model,
+batch) -> (loss, parts)`; the stages (`psa_core.stages.cam`,
+`psa_core.stages.affinity`) bring their datasets and losses. It runs SGD on
 the four parameter groups of DESIGN.md §1.1 with the poly schedule, stepped
 once per optimiser step.
 
@@ -59,13 +60,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -73,15 +73,6 @@ from psa_core import io
 from psa_core.device import autocast_dtype, resolve_device
 from psa_core.errors import PsaError, TrainingInterrupted
 from psa_core.optim import POLY_POWER, param_groups, poly_scheduler
-from psa_core.transforms import (
-    COLOR_JITTER,
-    CROP_SIZE,
-    RESIZE_LONG,
-    CamTrainTransform,
-    Normalization,
-    center_crop_box,
-    crop,
-)
 
 log = logging.getLogger("psa.train")
 
@@ -141,132 +132,9 @@ class EpochBatchSampler:
             yield [(self.epoch, int(i)) for i in order[b * bs : (b + 1) * bs]]
 
 
-# -- CAM stage data and loss --------------------------------------------------
-
-
-def _digest(obj: Any) -> str:
+def digest(obj: Any) -> str:
+    """A short stable hash of a JSON-able value (dataset fingerprints)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _check_names(names: Sequence[str], labels: Mapping[str, np.ndarray], what: str) -> None:
-    if not names:
-        raise PsaError(f"{what}: the image list is empty; check the split or the image list file")
-    missing = [n for n in names if n not in labels]
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise PsaError(
-            f"{what}: {len(missing)} image(s) have no labels ({shown}); rerun `psa index` so the "
-            "image list and the labels file match"
-        )
-
-
-def _image_paths(root: str | os.PathLike, names: Sequence[str]) -> list[Path]:
-    from psa_core.data import image_path
-
-    paths = [Path(image_path(root, n)) for n in names]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise PsaError(
-            f"{missing[0]}: image not found ({len(missing)} missing under {root}); check the "
-            "dataset root and the image list"
-        )
-    return paths
-
-
-class _LabelledImages(Dataset):
-    """Image paths and (K,) float32 labels of a list of names, checked up front."""
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        names: Sequence[str],
-        labels: Mapping[str, np.ndarray],
-        what: str,
-    ):
-        _check_names(names, labels, what)
-        self.names = list(names)
-        self.paths = _image_paths(root, self.names)
-        self.labels = [np.asarray(labels[n], dtype=np.float32) for n in self.names]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-class CamTrainDataset(_LabelledImages):
-    """Augmented images and image-level labels for CAM training.
-
-    Keys are `(epoch, index)`; sample `index` of `epoch` is augmented with
-    `sample_rng(seed, epoch, index)`.
-
-    Items: (image (3, crop, crop) float32 normalised, label (K,) float32).
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        names: Sequence[str],
-        labels: Mapping[str, np.ndarray],
-        transform: CamTrainTransform,
-        seed: int,
-    ):
-        super().__init__(root, names, labels, "training set")
-        self.transform = transform
-        self.seed = seed
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, index = key
-        image = io.read_image(self.paths[index])
-        x = self.transform(image, sample_rng(self.seed, epoch, index))
-        return torch.from_numpy(x), torch.from_numpy(self.labels[index])
-
-    def fingerprint(self) -> dict[str, Any]:
-        """What makes the data of a run: names, labels, augmentation, seed."""
-        return {
-            "kind": "cam",
-            "num_images": len(self.names),
-            "names": _digest(self.names),
-            "labels": _digest([lab.tolist() for lab in self.labels]),
-            "transform": dataclasses.asdict(self.transform),
-            "seed": self.seed,
-        }
-
-
-class CamEvalDataset(_LabelledImages):
-    """Validation images for the CAM loss: no augmentation, a centred
-    `crop_size` window with zero padding (the reference's `CenterCrop`).
-
-    Keys are plain indices. Items as in `CamTrainDataset`.
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        names: Sequence[str],
-        labels: Mapping[str, np.ndarray],
-        normalization: Normalization,
-        crop_size: int,
-    ):
-        super().__init__(root, names, labels, "validation set")
-        self.normalization = normalization
-        self.crop_size = crop_size
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.normalization.numpy(io.read_image(self.paths[index])).transpose(1, 2, 0)
-        x = crop(x, center_crop_box(x.shape[:2], self.crop_size), 0.0)
-        x = np.ascontiguousarray(x.transpose(2, 0, 1))
-        return torch.from_numpy(x), torch.from_numpy(self.labels[index])
-
-
-def multilabel_soft_margin_loss(
-    model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The CAM loss (DESIGN.md §1.1): multi-label soft margin on the K logits.
-
-    batch: (images (B, 3, H, W) float32, labels (B, K) float32 of 0/1).
-    """
-    images, labels = batch
-    logits = model(images)
-    return F.multilabel_soft_margin_loss(logits.float(), labels.float()), {}
 
 
 # -- optimiser ----------------------------------------------------------------
@@ -511,7 +379,7 @@ def train(
         "poly_power": poly_power,
         "seed": seed,
         "amp_dtype": str(amp),
-        "model": _digest([(k, list(v.shape)) for k, v in model.state_dict().items()]),
+        "model": digest([(k, list(v.shape)) for k, v in model.state_dict().items()]),
         "dataset": dataset.fingerprint() if hasattr(dataset, "fingerprint") else {"len": n},
         "config": dict(config or {}),
     }
@@ -949,92 +817,3 @@ def _load_checkpoint(
             "start over, or restore the earlier settings to resume it"
         )
     return checkpoint
-
-
-def train_cam(
-    model: nn.Module,
-    *,
-    root: str | os.PathLike,
-    names: Sequence[str],
-    labels: Mapping[str, np.ndarray],
-    out_weights: str | os.PathLike,
-    checkpoint_path: str | os.PathLike,
-    log_csv: str | os.PathLike,
-    crop_size: int = CROP_SIZE,
-    resize_long: tuple[int, int] | None = RESIZE_LONG,
-    color_jitter: tuple[float, float, float, float] = COLOR_JITTER,
-    flip: bool = True,
-    epochs: int = 15,
-    batch_size: int = 16,
-    lr: float = 0.1,
-    weight_decay: float = 5e-4,
-    poly_power: float = POLY_POWER,
-    momentum: float = 0.0,
-    seed: int = 0,
-    device: str | torch.device = "auto",
-    num_workers: int = 0,
-    restart_on_change: bool = False,
-    val_names: Sequence[str] | None = None,
-    val_crop_size: int | None = None,
-    log_every: int = 10,
-    checkpoint_every: int = 0,
-    progress: bool = True,
-    amp_dtype: str | torch.dtype | None = None,
-    config: Mapping[str, Any] | None = None,
-    on_step: Callable[[int], None] | None = None,
-) -> dict[str, Any]:
-    """Train the classification network of DESIGN.md §1.1 (defaults: published).
-
-    Args:
-        model: a CAM model (`build_model(backbone, "cam", K)`), initial
-            weights loaded; `model.normalization` is its input convention.
-        root: dataset folder in the VOC layout (root/JPEGImages/NAME.jpg).
-        names: training image names; labels: name -> (K,) 0/1 array (every
-            training and validation name must be present).
-        crop_size, resize_long, color_jitter, flip: the augmentation
-            (`CamTrainTransform`); `resize_long=None` skips the resize.
-        val_names: optional validation images; their loss on a centred
-            `val_crop_size` window (default `crop_size`) is logged per epoch.
-        The rest: as `train`.
-    """
-    try:
-        transform = CamTrainTransform(
-            normalization=model.normalization,
-            crop_size=int(crop_size),
-            resize_long=None if resize_long is None else (int(resize_long[0]), int(resize_long[1])),
-            flip=bool(flip),
-            color_jitter=tuple(float(v) for v in color_jitter),
-        )
-    except ValueError as exc:
-        raise PsaError(f"training augmentation: {exc}") from None
-    dataset = CamTrainDataset(root, names, labels, transform, seed)
-    val_dataset = None
-    if val_names:
-        val_dataset = CamEvalDataset(
-            root, val_names, labels, model.normalization, val_crop_size or crop_size
-        )
-    return train(
-        model,
-        dataset,
-        multilabel_soft_margin_loss,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        poly_power=poly_power,
-        momentum=momentum,
-        seed=seed,
-        device=device,
-        out_weights=out_weights,
-        checkpoint_path=checkpoint_path,
-        log_csv=log_csv,
-        val_dataset=val_dataset,
-        num_workers=num_workers,
-        restart_on_change=restart_on_change,
-        log_every=log_every,
-        checkpoint_every=checkpoint_every,
-        progress=progress,
-        amp_dtype=amp_dtype,
-        config=config,
-        on_step=on_step,
-    )

@@ -1,0 +1,82 @@
+"""Helpers shared by the stage drivers: image lists, trained models, shard names."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from psa_core.errors import PsaError
+
+
+def check_names(names: Sequence[str], labels: Mapping[str, np.ndarray], what: str) -> None:
+    """PsaError unless `names` is non-empty and every name has labels."""
+    if not names:
+        raise PsaError(f"{what}: the image list is empty; check the split or the image list file")
+    missing = [n for n in names if n not in labels]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise PsaError(
+            f"{what}: {len(missing)} image(s) have no labels ({shown}); rerun `psa index` so the "
+            "image list and the labels file match"
+        )
+
+
+def image_paths(root: str | os.PathLike, names: Sequence[str]) -> list[Path]:
+    """The image file of every name, all checked to exist (one error naming the first missing)."""
+    from psa_core.data import image_path
+
+    paths = [Path(image_path(root, n)) for n in names]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise PsaError(
+            f"{missing[0]}: image not found ({len(missing)} missing under {root}); check the "
+            "dataset root and the image list"
+        )
+    return paths
+
+
+def load_trained_model(
+    weights: Path, backbone: str, head: str, num_classes: int, device: str
+) -> nn.Module:
+    """Build a model, load trained weights strictly, move it to `device`, eval mode."""
+    from psa_core.device import resolve_device
+    from psa_core.models import build_model
+    from psa_core.models.weights import load_weights
+
+    model = build_model(backbone, head, num_classes=num_classes)
+    load_weights(model, weights)
+    return model.to(resolve_device(device)).eval()
+
+
+def init_model(
+    backbone: str,
+    head: str,
+    num_classes: int,
+    init: Path | None,
+    seed: int,
+    log: logging.Logger,
+    **model_options: Any,
+) -> nn.Module:
+    """A model to train: new layers seeded by `seed`, the backbone from `init` if given.
+
+    `init` is an ImageNet file or the weights of an earlier stage (the CAM
+    network for AffinityNet); only the backbone is taken from it.
+    `model_options` go to `build_model` (e.g. `radius`).
+    """
+    import torch
+
+    from psa_core.models import build_model
+    from psa_core.models.weights import load_weights
+
+    torch.manual_seed(seed)  # new layers start the same in every run of a config
+    model = build_model(backbone, head, num_classes=num_classes, **model_options)
+    if init:
+        for note in load_weights(model, init, backbone_only=True):
+            log.info("init weights: %s", note)
+    return model
