@@ -18,9 +18,12 @@ wildcard_constraints:
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/cam.smk"
+include: "workflow/rules/affinity.smk"
 
 
 rule all:
     default_target: True
     input:
         expand(out("cam/eval/{split}.json"), split=EVAL_SPLITS),
+        expand(out("crf/eval/{split}.json"), split=EVAL_SPLITS),
+        out("affinity/weights.pt"),

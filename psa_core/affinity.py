@@ -18,9 +18,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from psa_core.constants import BACKGROUND_INDEX, FEATURE_STRIDE, IGNORE_INDEX
+from psa_core.defaults import AFFINITY_RADIUS
 from psa_core.errors import PsaError
 
-DEFAULT_RADIUS = 5
+DEFAULT_RADIUS = AFFINITY_RADIUS
 """Pairs closer than this many feature cells (Euclidean) get an affinity."""
 
 
@@ -118,3 +120,213 @@ def pair_affinities(features: torch.Tensor, radius: int = DEFAULT_RADIUS) -> tor
         distance = (features[:, :, to_rows, to_cols] - source).abs().mean(dim=1)
         per_offset.append(torch.exp(-distance).flatten(1))
     return torch.stack(per_offset, dim=1)
+
+
+# -- affinity labels and loss (DESIGN.md §1.2, §1.3) -------------------------
+
+AFFINITY_EPS = 1e-5
+"""Added inside the logs and to the pair counts of `affinity_loss` (the reference's 1e-5)."""
+
+NO_SCORE_EPS = 1e-5
+"""A cell whose every la / ha score is below this lies outside the image (zero padding)."""
+
+
+def pair_labels(
+    label: np.ndarray, radius: int = DEFAULT_RADIUS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The three pair-label maps of a stride-8 label map (DESIGN.md §1.2, §3).
+
+    Args:
+        label: (h, w) integer label map on the feature grid, e.g. from
+            `crf_label_map`; 0 = background, 255 (`IGNORE_INDEX`) = uncertain.
+        radius: pair radius, see `pair_offsets`.
+
+    Returns:
+        bg_pos, fg_pos, neg: each (n_offsets, n_from) float32 of 0 / 1 in the
+        pair layout of this module (entry [k, i] pairs from-cell i with its
+        partner under offset k). bg_pos: both cells background; fg_pos: same
+        label, not background, both certain; neg: different labels, both
+        certain.
+    """
+    label = np.asarray(label)
+    if label.ndim != 2:
+        raise ValueError(f"pair_labels: label has shape {label.shape}; expected (h, w)")
+    height, width = label.shape
+    rows, cols = from_cell_slices(height, width, radius)
+    source = label[rows, cols].reshape(1, -1)
+    target = np.stack(
+        [
+            label[to_cell_slices(height, width, offset, radius)].reshape(-1)
+            for offset in pair_offsets(radius)
+        ]
+    )
+    certain = (source < IGNORE_INDEX) & (target < IGNORE_INDEX)
+    same = source == target
+    source_bg = source == BACKGROUND_INDEX
+    bg_pos = same & source_bg
+    fg_pos = same & ~source_bg & certain
+    neg = ~same & certain
+    return bg_pos.astype(np.float32), fg_pos.astype(np.float32), neg.astype(np.float32)
+
+
+def affinity_loss(
+    aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The AffinityNet loss `bg/4 + fg/4 + neg/2` (DESIGN.md §1.3).
+
+    `bg = Σ -bg_pos·log(a + ε) / (Σ bg_pos + ε)`, `fg` likewise with fg_pos,
+    `neg = Σ -neg·log(1 + ε - a) / (Σ neg + ε)`, ε = `AFFINITY_EPS`. The sums
+    run over the whole batch (every pair of every image counts once, as in the
+    reference's train_aff.py), not per image. Computed in float32 even when
+    `aff` comes out of autocast in half precision.
+
+    Args:
+        aff: (B, n_offsets, n_from) or (n_offsets, n_from) affinities in (0, 1].
+        bg_pos, fg_pos, neg: 0 / 1 pair labels of the same shape (any float or
+            bool dtype), e.g. stacked `pair_labels` outputs.
+
+    Returns:
+        loss: scalar float32 tensor with gradient.
+        parts: detached scalar float32 tensors "bg_loss", "fg_loss", "neg_loss"
+            and the pair counts "bg_count", "fg_count", "neg_count" (no ε). A
+            part with no pairs is 0.
+    """
+    if aff.dim() not in (2, 3):
+        raise ValueError(
+            f"affinity_loss: aff has shape {tuple(aff.shape)}; expected (B, n_offsets, n_from) "
+            "or (n_offsets, n_from)"
+        )
+    aff = aff.float()
+    labels = {}
+    for name, value in (("bg", bg_pos), ("fg", fg_pos), ("neg", neg)):
+        value = torch.as_tensor(value, device=aff.device).float()
+        if value.shape != aff.shape:
+            raise ValueError(
+                f"affinity_loss: {name} labels have shape {tuple(value.shape)}, aff has "
+                f"{tuple(aff.shape)}; they must match"
+            )
+        labels[name] = value
+    counts = {name: value.sum() for name, value in labels.items()}
+    bg_loss = (-labels["bg"] * torch.log(aff + AFFINITY_EPS)).sum() / (counts["bg"] + AFFINITY_EPS)
+    fg_loss = (-labels["fg"] * torch.log(aff + AFFINITY_EPS)).sum() / (counts["fg"] + AFFINITY_EPS)
+    neg_loss = (-labels["neg"] * torch.log(1.0 + AFFINITY_EPS - aff)).sum() / (
+        counts["neg"] + AFFINITY_EPS
+    )
+    loss = bg_loss / 4 + fg_loss / 4 + neg_loss / 2
+    parts = {
+        "bg_loss": bg_loss.detach(),
+        "fg_loss": fg_loss.detach(),
+        "neg_loss": neg_loss.detach(),
+        "bg_count": counts["bg"].detach(),
+        "fg_count": counts["fg"].detach(),
+        "neg_count": counts["neg"].detach(),
+    }
+    return loss, parts
+
+
+def crf_label_map(
+    la: np.ndarray, ha: np.ndarray, class_ids: np.ndarray | None = None
+) -> np.ndarray:
+    """Labels from the low- and high-alpha CRF score stacks (DESIGN.md §1.2).
+
+    The one home of this rule, for the full-resolution label PNGs and the
+    stride-8 training labels alike: `argmax(la)`; where that is background,
+    255 (uncertain); where `argmax(ha)` is background, 0 (confident
+    background); where every score of both stacks is below `NO_SCORE_EPS`
+    (zero padding outside the image), 255. Ties go to the first stack entry.
+
+    Args:
+        la: (C + 1, H, W) float scores, background first, then the present
+            classes (the low-alpha CRF marginals, or their 8×8 pooling).
+        ha: (C + 1, H, W) float, the high-alpha stack, same layout.
+        class_ids: optional (C,) 0-based ids of the present classes, in stack
+            order. With it the foreground values are segmentation indices
+            class_id + 1 (VOC PNG values); without, stack positions 1 … C
+            (enough for `pair_labels`, which only compares labels).
+
+    Returns:
+        (H, W) uint8: 0 background, foreground indices, 255 uncertain.
+    """
+    la = np.asarray(la)
+    ha = np.asarray(ha)
+    if la.ndim != 3 or la.shape != ha.shape or la.shape[0] < 1:
+        raise ValueError(
+            f"crf_label_map: la {la.shape} and ha {ha.shape} must both be (C + 1, H, W) "
+            "stacks, background first"
+        )
+    num_fg = la.shape[0] - 1
+    if class_ids is None:
+        values = np.arange(num_fg + 1)
+    else:
+        class_ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+        if class_ids.shape != (num_fg,):
+            raise ValueError(
+                f"crf_label_map: {class_ids.size} class ids for {num_fg} foreground score maps"
+            )
+        values = np.concatenate([[BACKGROUND_INDEX], class_ids + 1])
+    if ((values[1:] < 1) | (values[1:] >= IGNORE_INDEX)).any():
+        raise ValueError(
+            f"crf_label_map: foreground values {values[1:].tolist()} do not fit below "
+            f"{IGNORE_INDEX} in uint8; class ids must be in [0, {IGNORE_INDEX - 2}]"
+        )
+    la_arg = la.argmax(axis=0)
+    label = values.astype(np.uint8)[la_arg]
+    label[la_arg == 0] = IGNORE_INDEX
+    label[ha.argmax(axis=0) == 0] = BACKGROUND_INDEX
+    no_score = np.maximum(la.max(axis=0), ha.max(axis=0)) < NO_SCORE_EPS
+    label[no_score] = IGNORE_INDEX
+    return label
+
+
+def pool_scores(scores: np.ndarray, stride: int = FEATURE_STRIDE) -> np.ndarray:
+    """Average-pool the two leading (H, W) axes in stride × stride blocks (DESIGN.md §1.2).
+
+    Where H or W is not a multiple of `stride` the last blocks are padded
+    with zeros and still divided by stride² (skimage `block_reduce` with
+    cval=0, as the reference's `AvgPool2d`). Channel-last, like the spatial
+    functions of `psa_core.transforms`; move a (C, H, W) stack's channel
+    axis last with `np.moveaxis(scores, 0, -1)`.
+
+    Args:
+        scores: (H, W) or (H, W, C) float scores.
+        stride: block side, the feature stride.
+
+    Returns:
+        (ceil(H / stride), ceil(W / stride)[, C]) float32.
+    """
+    if stride < 1:
+        raise ValueError(f"pool_scores: stride {stride} must be at least 1")
+    scores = np.asarray(scores, dtype=np.float32)
+    if scores.ndim < 2:
+        raise ValueError(f"pool_scores: scores have shape {scores.shape}; expected (H, W[, C])")
+    height, width = scores.shape[:2]
+    out_h, out_w = -(-height // stride), -(-width // stride)
+    pad_h, pad_w = out_h * stride - height, out_w * stride - width
+    if pad_h or pad_w:
+        pad = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (scores.ndim - 2)
+        scores = np.pad(scores, pad)
+    blocks = scores.reshape(out_h, stride, out_w, stride, *scores.shape[2:])
+    return blocks.mean(axis=(1, 3), dtype=np.float32)
+
+
+def affinity_training_labels(
+    la: np.ndarray, ha: np.ndarray, radius: int = DEFAULT_RADIUS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pair labels of one augmented training sample (DESIGN.md §1.2).
+
+    Pools both score stacks to the stride-8 grid (`pool_scores`), labels the
+    cells (`crf_label_map`, stack positions) and pairs them (`pair_labels`).
+
+    Args:
+        la, ha: (H, W, C + 1) float scores at pixel resolution, channel-last,
+            background first, already cropped and flipped with the image
+            (the two halves of `AffinityTrainTransform`'s score output).
+        radius: pair radius, see `pair_offsets`.
+
+    Returns:
+        bg_pos, fg_pos, neg: (n_offsets, n_from) float32 each, for the
+        (ceil(H / 8), ceil(W / 8)) grid.
+    """
+    la_cells = np.moveaxis(pool_scores(la), -1, 0)
+    ha_cells = np.moveaxis(pool_scores(ha), -1, 0)
+    return pair_labels(crf_label_map(la_cells, ha_cells), radius)

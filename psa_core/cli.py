@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -224,6 +225,18 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler: unwinds the stage like KeyboardInterrupt."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, then call the subcommand's stage driver with the options as keywords."""
     args = build_parser().parse_args(argv)
@@ -231,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = vars(args).copy()
     command, driver = options.pop("command"), options.pop("driver")
     _set_threads(options.pop("threads", None))
+    # SIGTERM (a scheduler's kill) unwinds like Ctrl-C: temporary outputs are
+    # removed and worker pools terminated. Training installs its own handler.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         _driver(driver)(**options)
     except PsaError as exc:
@@ -239,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingInterrupted as exc:
         print(f"psa {command}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated as exc:
+        print(f"psa {command}: stopped by SIGTERM; no output was written", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print(f"psa {command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -19,11 +19,12 @@ import numpy as np
 
 from psa_core.cam import top_class
 from psa_core.constants import BACKGROUND_INDEX, IGNORE_INDEX
+from psa_core.defaults import CAM_EVALUATE
 from psa_core.errors import PsaError
 from psa_core.io import atomic_path, write_json
 from psa_core.metrics import as_class_indices, iou
 
-PUBLISHED_BG_THRESHOLD = 0.2
+PUBLISHED_BG_THRESHOLD = CAM_EVALUATE.bg_threshold
 """Background score of the published CAM evaluation (DESIGN.md §1.1)."""
 
 
@@ -368,3 +369,99 @@ def _fmt(value: float) -> str:
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else escape(f"{100 * value:.1f}%")
+
+
+# -- CRF label maps (DESIGN.md §1.2): the supervision of AffinityNet ----------
+
+
+class CrfLabelQuality:
+    """Scores three-way label maps (class / 0 background / 255 uncertain) against GT.
+
+    One (K + 1) × (K + 2) confusion matrix holds everything: rows are GT
+    classes (GT 255 skipped), columns the label values with "uncertain" as the
+    last column. From it (`result`):
+
+    - `fg_precision`: of the pixels labelled with a class, the share whose GT
+      is that class; `fg_recall`: of the GT foreground pixels, the share
+      labelled with their class.
+    - `bg_precision` / `bg_recall`: the same for the confident background.
+    - `uncertain_fraction`: the share of pixels left at 255.
+    - `miou` / `per_class_iou`: IoU over the labelled (certain) pixels only.
+
+    Args:
+        num_classes: segmentation classes, background included (K + 1).
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        if num_classes < 2:
+            raise PsaError(f"num_classes={num_classes}: need background plus at least one class")
+        self.num_classes = num_classes
+        self.num_images = 0
+        self.conf = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
+
+    def add(self, label_map: np.ndarray, gt: np.ndarray) -> None:
+        """Count one image: label_map (H, W) uint8 with 255 uncertain, gt (H, W) uint8."""
+        label_map, gt = np.asarray(label_map), np.asarray(gt)
+        if label_map.shape != gt.shape:
+            raise PsaError(
+                f"label map is {label_map.shape[1]}x{label_map.shape[0]} but the ground truth is "
+                f"{gt.shape[1]}x{gt.shape[0]}; rerun crf_labels for this dataset"
+            )
+        n = self.num_classes
+        keep = gt != IGNORE_INDEX
+        pred = label_map[keep].astype(np.int64)
+        pred[pred == IGNORE_INDEX] = n  # the "uncertain" column
+        pred = as_class_indices(pred, n + 1, "label map")
+        truth = as_class_indices(gt[keep], n, "ground truth")
+        self.conf += np.bincount(truth * (n + 1) + pred, minlength=n * (n + 1)).reshape(n, n + 1)
+        self.num_images += 1
+
+    def result(self) -> dict[str, Any]:
+        """The scores as a JSON-ready dict (None where a ratio has no pixels)."""
+        conf = self.conf
+        certain = conf[:, :-1]
+        fg = slice(BACKGROUND_INDEX + 1, None)
+        fg_correct = np.diag(certain)[fg].sum()
+        bg = BACKGROUND_INDEX
+        miou, per_class = iou(certain)
+        return {
+            "num_images": self.num_images,
+            "num_classes": self.num_classes,
+            "pixels": int(conf.sum()),
+            "fg_precision": _ratio(fg_correct, certain[:, fg].sum()),
+            "fg_recall": _ratio(fg_correct, conf[fg, :].sum()),
+            "bg_precision": _ratio(certain[bg, bg], certain[:, bg].sum()),
+            "bg_recall": _ratio(certain[bg, bg], conf[bg, :].sum()),
+            "uncertain_fraction": _ratio(conf[:, -1].sum(), conf.sum()),
+            "miou": _json_float(miou),
+            "per_class_iou": [_json_float(v) for v in per_class],
+        }
+
+
+def write_crf_label_report(
+    result: dict[str, Any],
+    class_names: Sequence[str],
+    json_path: str | os.PathLike,
+    csv_path: str | os.PathLike,
+) -> None:
+    """Write a `CrfLabelQuality.result()` as JSON and a two-column CSV (metric, value)."""
+    names = _segmentation_class_names(class_names, result["num_classes"])
+    write_json(json_path, {**result, "class_names": names})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["metric", "value"])
+    for key in ("fg_precision", "fg_recall", "bg_precision", "bg_recall", "uncertain_fraction"):
+        writer.writerow([key, _cell(result[key])])
+    writer.writerow(["miou_labelled", _cell(result["miou"])])
+    for name, value in zip(names, result["per_class_iou"], strict=True):
+        writer.writerow([f"iou_{name}", _cell(value)])
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return float(numerator) / float(denominator) if denominator else None
+
+
+def _cell(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"

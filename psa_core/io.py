@@ -53,6 +53,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path` whole.
+
+    On any exception the temporary folder is removed and `path` is left as it
+    was, so a killed job never leaves a folder that looks complete.
+    """
+    import shutil
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    old = target.with_name(f".{target.name}.old.tmp")
+    try:
+        yield tmp
+        if target.exists():  # move the finished one aside whole, never half-delete it
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def provenance(**values: Any) -> dict[str, Any]:
     """Attributes stored with an artifact: the code version plus `values`."""
     return {"psa_core_version": __version__, **values}
@@ -186,7 +212,9 @@ def write_score_shard(
 
     Args:
         scores: image name -> (maps (C, H, W) float, class_ids (C,) int); the
-            ids are stored as the dataset's `class_ids` attribute.
+            ids are stored as the dataset's `class_ids` attribute. Maps of
+            more axes are stored as they are, chunked per leading entry
+            (the CRF stage stores (2, C + 1, H, W): low- and high-alpha stacks).
         attrs: file attributes (config values); the code version is added.
         dtype: storage type, "float16" or "float32"; gzip-compressed.
     """
@@ -197,7 +225,7 @@ def write_score_shard(
             f.attrs[key] = _h5_attr(value)
         for name, (maps, class_ids) in scores.items():
             maps = np.asarray(maps, dtype=dtype)
-            chunks = (1, *maps.shape[1:]) if maps.ndim == 3 and maps.shape[0] > 0 else None
+            chunks = (1, *maps.shape[1:]) if maps.ndim >= 3 and maps.shape[0] > 0 else None
             ds = f.create_dataset(
                 name, data=maps, compression="gzip", compression_opts=4, shuffle=True, chunks=chunks
             )
@@ -223,6 +251,49 @@ def read_score_shard(
     except OSError as exc:
         raise PsaError(f"{path}: cannot read HDF5 shard ({exc}); delete it and rerun") from None
     return data, attrs
+
+
+def read_score(path: str | os.PathLike, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One image's (maps float32, class_ids) from a shard, without reading the others."""
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if name not in f:
+                raise PsaError(f"{path}: holds no scores for image '{name}'; rerun its stage")
+            ds = f[name]
+            return ds[()].astype(np.float32), np.asarray(ds.attrs["class_ids"], dtype=np.int64)
+    except OSError as exc:
+        raise PsaError(f"{path}: cannot read HDF5 shard ({exc}); delete it and rerun") from None
+
+
+def read_score_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Image name → the shape of its maps, without reading them."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise PsaError(f"{path}: score shard not found; run the inference step that makes it")
+    try:
+        with h5py.File(path, "r") as f:
+            return {name: tuple(ds.shape) for name, ds in f.items()}
+    except OSError as exc:
+        raise PsaError(f"{path}: cannot read HDF5 shard ({exc}); delete it and rerun") from None
+
+
+def read_score_shard_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """A shard's file attributes (provenance), without reading its maps."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise PsaError(f"{path}: score shard not found; run the inference step that makes it")
+    try:
+        with h5py.File(path, "r") as f:
+            return {k: _py_attr(v) for k, v in f.attrs.items()}
+    except OSError as exc:
+        raise PsaError(f"{path}: cannot read HDF5 shard ({exc}); delete it and rerun") from None
 
 
 def read_score_shard_names(path: str | os.PathLike) -> list[str]:

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from psa_core.defaults import CAM_TRAIN
+
 
 @dataclass(frozen=True)
 class Normalization:
@@ -62,13 +64,13 @@ CAFFE_VGG_NORMALIZATION = Normalization(mean=(122.675, 116.669, 104.008), bgr=Tr
 # random ones take a list of arrays of the same (H, W) and apply one draw to
 # all of them, so image, scores and labels stay aligned.
 
-CROP_SIZE = 448
+CROP_SIZE = CAM_TRAIN.crop_size
 """Side of the square training crop."""
 
-RESIZE_LONG = (256, 512)
+RESIZE_LONG = CAM_TRAIN.resize_long
 """Range (inclusive) of the long side after the random resize."""
 
-COLOR_JITTER = (0.3, 0.3, 0.3, 0.1)
+COLOR_JITTER = CAM_TRAIN.color_jitter
 """Brightness, contrast, saturation, hue strengths of the colour jitter."""
 
 _PIL_FILTERS = {
@@ -350,3 +352,59 @@ class CamTrainTransform:
         x = self.normalization.numpy(image).transpose(1, 2, 0)
         (x,) = random_crop([x], self.crop_size, rng=rng, pad_values=0.0)
         return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+@dataclass(frozen=True)
+class AffinityTrainTransform:
+    """The affinity stage's training augmentation (DESIGN.md §1.2, §1.3).
+
+    The reference's `VOC12AffDataset` order: colour jitter on the image; one
+    random crop of image and score stacks together, zero padded (before
+    normalising, so the image padding is black and the score padding is 0,
+    which `psa_core.affinity.crf_label_map` reads as "outside the image");
+    normalise; one horizontal flip of both. No random resize.
+
+    `color_jitter` is (brightness, contrast, saturation, hue).
+    """
+
+    normalization: Normalization
+    crop_size: int = CROP_SIZE
+    flip: bool = True
+    color_jitter: tuple[float, float, float, float] = COLOR_JITTER
+
+    def __post_init__(self) -> None:
+        _as_hw(self.crop_size)
+        if len(self.color_jitter) != 4:
+            raise ValueError(f"color_jitter {self.color_jitter}: need 4 values")
+
+    def __call__(
+        self, image: np.ndarray, scores: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Augment one sample; every random choice comes from `rng`.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            scores: (H, W, S) float scores aligned with the image, e.g. the
+                la and ha stacks concatenated along the last axis.
+            rng: the sample's generator.
+
+        Returns:
+            x: (3, crop_size, crop_size) float32, the normalised image.
+            scores: (crop_size, crop_size, S) float32, 0 outside the image.
+        """
+        image = np.asarray(image)
+        scores = np.asarray(scores, dtype=np.float32)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image has shape {image.shape}; expected (H, W, 3) RGB")
+        if scores.ndim != 3 or scores.shape[:2] != image.shape[:2]:
+            raise ValueError(
+                f"scores have shape {scores.shape}; expected (H, W, S) with the image's "
+                f"(H, W) = {image.shape[:2]}"
+            )
+        b, c, s, h = self.color_jitter
+        image = color_jitter(image, rng=rng, brightness=b, contrast=c, saturation=s, hue=h)
+        image, scores = random_crop([image, scores], self.crop_size, rng=rng, pad_values=(0, 0.0))
+        x = self.normalization.numpy(image).transpose(1, 2, 0)
+        if self.flip:
+            x, scores = random_hflip([x, scores], rng=rng)
+        return np.ascontiguousarray(x.transpose(2, 0, 1)), np.ascontiguousarray(scores)

@@ -27,7 +27,16 @@ def psa(*args: str, **kwargs) -> subprocess.CompletedProcess:
 def test_help_lists_every_subcommand() -> None:
     proc = psa("--help")
     assert proc.returncode == 0
-    for command in ("synth", "index", "train-cam", "infer-cam", "evaluate-cam"):
+    for command in (
+        "synth",
+        "index",
+        "train-cam",
+        "infer-cam",
+        "evaluate-cam",
+        "crf-labels",
+        "evaluate-crf-labels",
+        "train-affinity",
+    ):
         assert command in proc.stdout
 
 

@@ -53,3 +53,18 @@ def test_weights_files_missing_corrupt_or_pickled(tmp_path: Path) -> None:
         io.load_torch(tmp_path / "pickle.pt")
     io.save_torch(tmp_path / "ok.pt", {"w": torch.ones(2)})
     assert torch.equal(io.load_torch(tmp_path / "ok.pt")["w"], torch.ones(2))
+
+
+def test_atomic_dir_replaces_whole_and_keeps_the_old_one_on_failure(tmp_path) -> None:
+    target = tmp_path / "maps"
+    with io.atomic_dir(target) as folder:
+        (folder / "a.png").write_text("1")
+    assert sorted(p.name for p in target.iterdir()) == ["a.png"]
+    with pytest.raises(RuntimeError), io.atomic_dir(target) as folder:
+        (folder / "b.png").write_text("2")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in target.iterdir()) == ["a.png"]  # untouched
+    with io.atomic_dir(target) as folder:
+        (folder / "c.png").write_text("3")
+    assert sorted(p.name for p in target.iterdir()) == ["c.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps"]  # no temporaries left

@@ -34,6 +34,9 @@ TINY_CONFIG = {
         "infer": {"scales": [1.0, 0.5]},
         "evaluate": {"thresholds": [0.1, 0.2, 0.3]},
     },
+    "crf": {"iterations": 3},
+    # 72 px = 9 x 9 stride-8 cells, the smallest crop that holds radius-5 pairs
+    "affinity": {"batch_size": 4, "epochs": 1, "lr": 0.01, "crop_size": 72},
 }
 
 

@@ -21,10 +21,19 @@ def test_lint_is_clean(tiny_workdir: Path) -> None:
 
 
 def test_default_config_dry_run(tmp_path: Path) -> None:
-    """The repository's own config.yaml gives a valid DAG up to the CAM evaluation."""
+    """The repository's own config.yaml gives a valid DAG up to AffinityNet."""
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
     proc = run_snakemake(tmp_path, "-n", "--quiet", "rules")
-    for rule in ("generate_synthetic", "index_split", "train_cam", "infer_cam", "evaluate_cam"):
+    for rule in (
+        "generate_synthetic",
+        "index_split",
+        "train_cam",
+        "infer_cam",
+        "evaluate_cam",
+        "crf_labels",
+        "evaluate_crf_labels",
+        "train_affinity",
+    ):
         assert rule in proc.stdout, proc.stdout
 
 
@@ -54,6 +63,22 @@ def test_full_run_then_incremental_rebuild(tiny_workdir: Path) -> None:
     assert not (results / "cam/train_checkpoint.pt").exists()
     all_jobs = jobs_run(proc.stdout + proc.stderr)
     assert all_jobs.count("infer_cam") == 3  # 2 train shards + 1 val shard
+    assert all_jobs.count("crf_labels") == 3
+    for split in ("train", "val"):
+        quality = json.loads((results / f"crf/eval/{split}.json").read_text())
+        for key in ("fg_precision", "bg_precision", "uncertain_fraction", "miou"):
+            assert quality[key] is None or 0.0 <= quality[key] <= 1.0, key
+    with h5py.File(results / "crf/train/shard-000.h5") as f:
+        assert f.attrs["stage"] == "crf_labels" and f.attrs["alpha_high"] == 32
+        stack = f[name][()]
+        assert stack.shape == (2, cams.shape[0] + 1, *cams.shape[1:])
+    maps = sorted((results / "crf/train/label_maps/shard-000").glob("*.png"))
+    assert len(maps) == 8
+    assert (results / "affinity/weights.pt").is_file()
+    log_header = (results / "affinity/train_log.csv").read_text().splitlines()[0]
+    for column in ("bg_loss", "fg_loss", "neg_loss", "bg_count", "fg_count", "neg_count"):
+        assert column in log_header
+    assert not (results / "affinity/train_checkpoint.pt").exists()
 
     # Nothing to do when nothing changed.
     proc = run_snakemake(tiny_workdir)
@@ -72,6 +97,13 @@ def test_full_run_then_incremental_rebuild(tiny_workdir: Path) -> None:
     proc = run_snakemake(tiny_workdir)
     ran = jobs_run(proc.stdout + proc.stderr)
     assert "train_cam" not in ran and ran.count("infer_cam") == 3, ran
+
+    # A CRF alpha reruns the CRF labels, their evaluation and AffinityNet, not the CAM stage.
+    config["crf"]["alpha_high"] = 24
+    write_config(tiny_workdir, config)
+    proc = run_snakemake(tiny_workdir)
+    ran = jobs_run(proc.stdout + proc.stderr)
+    assert sorted(set(ran)) == ["all", "crf_labels", "evaluate_crf_labels", "train_affinity"], ran
 
 
 @pytest.mark.parametrize(

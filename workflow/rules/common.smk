@@ -7,6 +7,7 @@ import yaml
 from snakemake.utils import validate
 
 from psa_core.data import num_shards, read_image_list, image_list_path
+from psa_core.defaults import JITTER_KEYS
 from psa_core.errors import PsaError
 
 SCHEMA = "../schemas/config.schema.yaml"
@@ -29,6 +30,7 @@ def check_config(config):
     ranges = {
         "synthetic.image_size": config["synthetic"]["image_size"],
         "cam.resize_long": config["cam"]["resize_long"],
+        "crf.alpha_low, crf.alpha_high": (config["crf"]["alpha_low"], config["crf"]["alpha_high"]),
     }
     for key, (low, high) in ranges.items():
         if low > high:
@@ -102,6 +104,29 @@ def init_weights(wildcards):
     return [config["cam"]["init_weights"]] if config["cam"]["init_weights"] else []
 
 
+AFFINITY_INIT_FROM_CAM = "cam"
+"""affinity.init_weights value: start AffinityNet's backbone from the trained CAM network."""
+
+
+def affinity_init_path():
+    """AffinityNet's initial weights file (the CAM weights for "cam"), or None."""
+    init = config["affinity"]["init_weights"]
+    if init == AFFINITY_INIT_FROM_CAM:
+        return out("cam/weights.pt")
+    return init
+
+
+def affinity_init_weights(wildcards):
+    """AffinityNet's initial weights as an input, or nothing."""
+    path = affinity_init_path()
+    return [path] if path else []
+
+
+def affinity_init_option(wildcards):
+    """The --init option of `psa train-affinity`."""
+    return option("--init", affinity_init_path())
+
+
 def option(flag, value):
     """`flag value` for a command line, or nothing when value is empty/None."""
     return f"{flag} {value}" if value else ""
@@ -116,6 +141,13 @@ def cam_shards(wildcards):
     """All CAM shards of a split."""
     return expand(
         out("cam/{split}/shard-{shard}.h5"), split=wildcards.split, shard=shard_ids(wildcards.split)
+    )
+
+
+def crf_shards(wildcards):
+    """All CRF-label shards of a split."""
+    return expand(
+        out("crf/{split}/shard-{shard}.h5"), split=wildcards.split, shard=shard_ids(wildcards.split)
     )
 
 
@@ -136,7 +168,8 @@ def val_options(wildcards, input):
     return f"--val-images {input.val_images} --val-labels {input.val_labels}"
 
 
-JITTER_KEYS = ("brightness", "contrast", "saturation", "hue")
+CRF = config["crf"]
+AFF = config["affinity"]
 
 
 for _split in all_splits():

@@ -1,0 +1,138 @@
+"""The random walk of PSA, without the dense N×N matrix (DESIGN.md §1.4).
+
+On an (h, w) grid of N = h·w stride-8 cells, AffinityNet gives an affinity
+a_ij for every pair of the layout of `psa_core.affinity` (34 offsets at
+radius 5). The published code builds the dense matrix
+
+    A_ij = a_ij^β at every pair (both directions), 1 on the diagonal, 0 elsewhere
+    T    = A with each column divided by its sum
+
+and squares T `logt` times: O(N²) memory, O(N³) time. A has at most
+2·n_offsets + 1 non-zeros a column, so applying T to the (C, N) score matrix
+v one step at a time, t = 2^logt steps, gives the same `v · T^t` with
+O(t · N · n_offsets · C) work and O(N · n_offsets) memory. We keep T as a
+sparse CSR matrix (`transition_matrix`) and multiply.
+
+Cells of a grid too small for a single pair (fewer than `radius` rows or
+2·radius − 1 columns) have only their diagonal: T is the identity there and
+the walk returns the scores unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from psa_core.affinity import check_grid_size, pair_indices, pair_offsets
+from psa_core.errors import PsaError
+
+DEFAULT_BETA = 8.0
+"""Exponent applied to the affinities (published β = 8)."""
+
+DEFAULT_LOGT = 8
+"""log2 of the number of walk steps (published: t = 2^8 = 256)."""
+
+
+def radius_of(num_offsets: int) -> int:
+    """The pair radius whose layout has `num_offsets` offsets (34 → 5)."""
+    for radius in range(2, 64):
+        count = len(pair_offsets(radius))
+        if count == num_offsets:
+            return radius
+        if count > num_offsets:
+            break
+    raise PsaError(
+        f"{num_offsets} affinity offsets match no pair radius; expected the layout of "
+        "psa_core.affinity.pair_offsets (34 at radius 5)"
+    )
+
+
+def grid_pairs(height: int, width: int, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """(from_index (n_offsets·n_from,), to_index (same)) flat cell indices, offset-major.
+
+    Empty for a grid too small to hold a pair.
+    """
+    try:
+        check_grid_size(height, width, radius)
+    except PsaError:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    from_index, to_index = pair_indices(height, width, radius)
+    return np.broadcast_to(from_index, to_index.shape).reshape(-1), to_index.reshape(-1)
+
+
+def transition_matrix(
+    aff: torch.Tensor, height: int, width: int, beta: float = DEFAULT_BETA
+) -> torch.Tensor:
+    """The transposed transition matrix Tᵀ = D⁻¹ A as an (N, N) sparse CSR tensor.
+
+    A is symmetric, so row j of Tᵀ is column j of T: A's column j divided by
+    its sum d_j. `(Tᵀ @ V)` with V = vᵀ (N, C) is one walk step `v · T`.
+
+    Args:
+        aff: (n_offsets, n_from) affinities in [0, 1] in the pair layout.
+        height, width: the grid.
+        beta: exponent of the affinities.
+    """
+    num_offsets = aff.shape[0]
+    radius = radius_of(num_offsets)
+    src, dst = grid_pairs(height, width, radius)
+    if aff.numel() != src.size:
+        raise PsaError(
+            f"affinities have shape {tuple(aff.shape)} but a {height}x{width} grid at radius "
+            f"{radius} has {num_offsets}x{src.size // max(num_offsets, 1)} pairs; "
+            "they must come from the same image"
+        )
+    n = height * width
+    device, dtype = aff.device, aff.dtype
+    values = aff.reshape(-1).clamp_min(0) ** beta
+    src_t = torch.from_numpy(src).to(device)
+    dst_t = torch.from_numpy(dst).to(device)
+    diag = torch.arange(n, device=device)
+    rows = torch.cat([src_t, dst_t, diag])
+    cols = torch.cat([dst_t, src_t, diag])
+    vals = torch.cat([values, values, torch.ones(n, device=device, dtype=dtype)])
+    degree = torch.zeros(n, device=device, dtype=dtype).index_add_(0, cols, vals)
+    vals = vals / degree[cols]  # column j of A over d_j
+    # Tᵀ[j, i] = A[i, j] / d_j: rows of Tᵀ are the columns of A.
+    coo = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (n, n)).coalesce()
+    return coo.to_sparse_csr()
+
+
+def random_walk(
+    aff: torch.Tensor | np.ndarray,
+    cams: torch.Tensor | np.ndarray,
+    beta: float = DEFAULT_BETA,
+    logt: int = DEFAULT_LOGT,
+) -> torch.Tensor | np.ndarray:
+    """Propagate scores over the affinity graph: `v · T^(2^logt)` (DESIGN.md §1.4).
+
+    Args:
+        aff: (n_offsets, n_from) pair affinities for the (h, w) grid of
+            `cams`, in the layout of `psa_core.affinity` (AffinityNet's output
+            for one image).
+        cams: (C, h, w) scores on the same grid, background row included and
+            already 8×8-pooled.
+        beta: affinity exponent β.
+        logt: the walk takes 2^logt steps.
+
+    Returns:
+        (C, h, w) float32 propagated scores; a numpy array for numpy `cams`,
+        else a tensor on `cams`' device.
+    """
+    as_numpy = isinstance(cams, np.ndarray)
+    cams_t = torch.as_tensor(cams, dtype=torch.float32)
+    if cams_t.dim() != 3:
+        raise PsaError(f"cams have shape {tuple(cams_t.shape)}; expected (C, h, w)")
+    if logt < 0 or int(logt) != logt:
+        raise PsaError(f"logt {logt}: must be a non-negative integer")
+    aff_t = torch.as_tensor(aff, dtype=torch.float32, device=cams_t.device)
+    if aff_t.dim() != 2:
+        raise PsaError(f"affinities have shape {tuple(aff_t.shape)}; expected (n_offsets, n_from)")
+    channels, height, width = cams_t.shape
+    transition = transition_matrix(aff_t, height, width, beta)
+    scores = cams_t.reshape(channels, -1).T.contiguous()  # (N, C)
+    for _ in range(2 ** int(logt)):
+        scores = transition @ scores
+    out = scores.T.reshape(channels, height, width).contiguous()
+    return out.cpu().numpy() if as_numpy else out
