@@ -474,3 +474,57 @@ def test_affinity_train_dataset_items(data: AffinityData, crf_run: tuple[Path, P
     assert all(v > 0 for v in totals.values()), totals
     # the key is the seed of the augmentation: another epoch gives another sample
     assert not torch.equal(dataset[(0, 0)][0], dataset[(1, 0)][0])
+
+
+# -- train-affinity: bad input -----------------------------------------------------------
+
+
+def _train_args(data: AffinityData, crf: Path, out: Path) -> list[str]:
+    return [
+        "train-affinity", *data.data_args(), "--crf", str(crf), "--backbone", "tiny",
+        "--epochs", "1", "--batch-size", "2", "--crop-size", "72", "--device", "cpu",
+        "--checkpoint", str(out / "ckpt.pt"), "--out-log", str(out / "log.csv"),
+        "--out", str(out / "weights.pt"),
+    ]  # fmt: skip
+
+
+def _crf_with(crf: Path, folder: Path, **attrs) -> Path:
+    """A copy of a CRF shard, its file attributes overridden or a stack widened."""
+    import h5py
+
+    path = folder / "crf.h5"
+    shutil.copy2(crf, path)
+    with h5py.File(path, "r+") as f:
+        for key, value in attrs.items():
+            if key == "widen":
+                stack = f[value][()]
+                ids = f[value].attrs["class_ids"]
+                del f[value]
+                f.create_dataset(value, data=np.concatenate([stack, stack[..., -1:]], axis=-1))
+                f[value].attrs["class_ids"] = ids
+            else:
+                f.attrs[key] = value
+    return path
+
+
+@pytest.mark.parametrize("case", ["foreign_classes", "size_mismatch", "missing_weights"])
+def test_train_affinity_bad_input_is_one_line(
+    data: AffinityData, crf_run: tuple[Path, Path], tmp_path: Path, case: str
+) -> None:
+    out = tmp_path / "out"
+    extra: list[str] = []
+    if case == "foreign_classes":
+        crf = _crf_with(crf_run[0], tmp_path, classes=json.dumps(["a", "b", "c"]))
+    elif case == "size_mismatch":
+        crf = _crf_with(
+            crf_run[0], tmp_path, widen=sorted(io.read_score_shard_names(crf_run[0]))[0]
+        )
+    else:
+        crf, extra = crf_run[0], ["--init", str(tmp_path / "nope.pt")]
+    proc = run_psa(*_train_args(data, crf, out), *extra)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("psa train-affinity: error:") and "Traceback" not in proc.stderr
+    named = "nope.pt" if case == "missing_weights" else "crf.h5"
+    assert named in lines[-1], lines[-1]
+    assert not (out / "weights.pt").exists()
