@@ -8,6 +8,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 
 
@@ -19,11 +22,23 @@ wildcard_constraints:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/cam.smk"
 include: "workflow/rules/affinity.smk"
+include: "workflow/rules/random_walk.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        expand(out("cam/eval/{split}.json"), split=EVAL_SPLITS),
-        expand(out("crf/eval/{split}.json"), split=EVAL_SPLITS),
-        out("affinity/weights.pt"),
+        rules.summarize.output,
+        rules.export_masks.output,
+        expand(out("report/gallery-{split}.png"), split=EVAL_SPLITS),
+
+
+onsuccess:
+    masks = Path(out("pseudo_masks"), "SegmentationClassAug")
+    print(
+        f"\nPSA pipeline done. Pseudo masks for a segmentation trainer: {masks} "
+        f"(image list: {Path(out('pseudo_masks'), 'ImageSets', 'Segmentation', TRAIN_SPLIT)}.txt)\n"
+        f"Summary (CAM -> CRF labels -> random walk, per split): {out('summary.csv')}\n"
+        "Report with tables, plots and the gallery: snakemake --report report.html\n"
+    )

@@ -26,6 +26,9 @@ from psa_core.defaults import (
     CAM_TRAIN,
     CRF,
     JITTER_KEYS,
+    RANDOM_WALK,
+    RANDOM_WALK_EVALUATE,
+    REPORT,
     SYNTHETIC,
     TrainDefaults,
 )
@@ -144,7 +147,78 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p, AFFINITY_TRAIN)
     p.add_argument("--radius", type=int, default=AFFINITY_RADIUS, help="pair radius (cells)")
     _runtime_args(p)
+
+    p = add(
+        "random-walk",
+        "psa_core.stages.random_walk:random_walk_shard",
+        "propagate one CAM shard over AffinityNet's affinities into masks",
+    )
+    _data_args(p)
+    p.add_argument("--cams", type=Path, required=True, help="the shard's CAMs (HDF5)")
+    _model_args(p, weights="trained AffinityNet weights (.pt/.pth)")
+    p.add_argument("--radius", type=int, default=AFFINITY_RADIUS, help="pair radius (cells)")
+    _walk_args(p)
+    _runtime_args(p)
+    p.add_argument("--out", type=Path, required=True, help="HDF5 shard of walked scores")
+    p.add_argument("--out-affinity", type=Path, required=True, help="HDF5 shard of affinities")
+    p.add_argument("--out-masks", type=Path, required=True, help="folder of mask PNGs")
+
+    p = add(
+        "evaluate-random-walk",
+        "psa_core.stages.random_walk:evaluate_random_walk",
+        "mIoU of the random-walk masks, with a sweep over the walk's alpha",
+    )
+    _data_args(p)
+    p.add_argument("--walks", type=Path, nargs="+", required=True, help="walked-score shards")
+    p.add_argument("--affinities", type=Path, nargs="+", required=True, help="affinity shards")
+    p.add_argument("--cams", type=Path, nargs="+", required=True, help="CAM shards")
+    _walk_args(p)
+    p.add_argument("--alphas", type=float, nargs="+", default=RANDOM_WALK_EVALUATE.alphas)
+    p.add_argument("--out-json", type=Path, required=True)
+    p.add_argument("--out-csv", type=Path, required=True)
+    p.add_argument("--out-plot", type=Path, required=True, help="sweep plot (.svg or .png)")
+
+    p = add(
+        "export-masks",
+        "psa_core.stages.random_walk:export_masks",
+        "a split's random-walk masks as a VOC-style folder for segmentation trainers",
+    )
+    p.add_argument("--root", type=Path, required=True, help="dataset folder (VOC layout)")
+    p.add_argument("--images", type=Path, required=True, help="image list from `psa index`")
+    p.add_argument("--split", required=True, help="name of the list file to write")
+    p.add_argument("--masks", type=Path, nargs="+", required=True, help="mask folders")
+    p.add_argument("--out", type=Path, required=True, help="folder to create")
+
+    p = add(
+        "summarize",
+        "psa_core.stages.random_walk:summarize",
+        "one table of CAM -> CRF labels -> random walk mIoU per split",
+    )
+    p.add_argument("--splits", nargs="+", required=True)
+    p.add_argument("--cam", type=Path, nargs="+", required=True, help="CAM evaluations (.json)")
+    p.add_argument("--crf", type=Path, nargs="+", required=True, help="CRF evaluations (.json)")
+    p.add_argument("--walk", type=Path, nargs="+", required=True, help="walk evaluations (.json)")
+    p.add_argument("--out-json", type=Path, required=True)
+    p.add_argument("--out-csv", type=Path, required=True)
+
+    p = add(
+        "gallery",
+        "psa_core.stages.report:gallery",
+        "examples side by side: image, ground truth, CAM, CRF labels, random-walk mask",
+    )
+    _data_args(p)
+    p.add_argument("--cams", type=Path, nargs="+", required=True, help="CAM shards")
+    p.add_argument("--crf", type=Path, nargs="+", required=True, help="CRF shards")
+    p.add_argument("--masks", type=Path, nargs="+", required=True, help="random-walk mask folders")
+    p.add_argument("--count", type=int, default=REPORT.gallery_size, help="examples to show")
+    p.add_argument("--out", type=Path, required=True, help="picture to write (.png)")
     return parser
+
+
+def _walk_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--alpha", type=float, default=RANDOM_WALK.alpha, help="background exponent")
+    p.add_argument("--beta", type=float, default=RANDOM_WALK.beta, help="affinity exponent")
+    p.add_argument("--logt", type=int, default=RANDOM_WALK.logt, help="log2 of the walk's steps")
 
 
 STORAGE_DTYPES = ("float16", "float32")

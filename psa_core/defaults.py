@@ -99,5 +99,37 @@ class CrfDefaults:
 
 CRF = CrfDefaults()
 
+
+@dataclass(frozen=True)
+class RandomWalkDefaults:
+    """Propagation of the CAMs over AffinityNet's affinities (DESIGN.md §1.4)."""
+
+    alpha: float = 16.0  # background (1 - max cam)^alpha of the walk's input
+    beta: float = 8.0
+    logt: int = 8  # 2^8 = 256 steps
+
+
+RANDOM_WALK = RandomWalkDefaults()
+
+
+@dataclass(frozen=True)
+class RandomWalkEvaluateDefaults:
+    """Background exponents the walk's evaluation sweeps over the stored affinities."""
+
+    alphas: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0, 24.0, 32.0)
+
+
+RANDOM_WALK_EVALUATE = RandomWalkEvaluateDefaults()
+
+
+@dataclass(frozen=True)
+class ReportDefaults:
+    """What the Snakemake report shows."""
+
+    gallery_size: int = 6  # examples per split in the gallery
+
+
+REPORT = ReportDefaults()
+
 AFFINITY_RADIUS = 5
 """Pairs closer than this many stride-8 cells get an affinity (34 offsets)."""

@@ -13,7 +13,6 @@ import math
 import os
 from collections.abc import Iterable, Sequence
 from typing import Any
-from xml.sax.saxutils import escape
 
 import numpy as np
 
@@ -22,7 +21,7 @@ from psa_core.constants import BACKGROUND_INDEX, IGNORE_INDEX
 from psa_core.defaults import CAM_EVALUATE
 from psa_core.errors import PsaError
 from psa_core.io import atomic_path, write_json
-from psa_core.metrics import as_class_indices, iou
+from psa_core.metrics import as_class_indices, confusion_matrix, iou
 
 PUBLISHED_BG_THRESHOLD = CAM_EVALUATE.bg_threshold
 """Background score of the published CAM evaluation (DESIGN.md §1.1)."""
@@ -171,7 +170,8 @@ def write_cam_report(
         json_path: the result plus `class_names` (K + 1 names).
         csv_path: one row per threshold: threshold, miou, one IoU column per
             class (empty where undefined).
-        svg_path: mIoU against threshold, best and published thresholds marked.
+        svg_path: mIoU against threshold, best and published thresholds marked
+            (`psa_core.plots`; .svg or .png).
     """
     names = _segmentation_class_names(class_names, result["num_classes"])
     write_json(json_path, {**result, "class_names": names})
@@ -187,142 +187,13 @@ def write_cam_report(
     with atomic_path(csv_path) as tmp:
         tmp.write_text(buffer.getvalue())
 
-    with atomic_path(svg_path) as tmp:
-        tmp.write_text(miou_plot_svg(result))
+    from psa_core.plots import threshold_sweep_plot
 
-
-def miou_plot_svg(result: dict[str, Any], width: int = 720, height: int = 400) -> str:
-    """A standalone SVG line plot of mIoU against background threshold."""
-    left, right, top, bottom = 70, 180, 40, 55
-    plot_w, plot_h = width - left - right, height - top - bottom
-    points = [(r["threshold"], r["miou"]) for r in result["thresholds"]]
-    xs = [t for t, _ in points]
-    ys = [m for _, m in points if m is not None]
-
-    x_lo, x_hi = min(xs), max(xs)
-    if x_hi - x_lo < 1e-9:
-        x_lo, x_hi = x_lo - 0.05, x_hi + 0.05
-    x_ticks = _nice_ticks(x_lo, x_hi)
-    if ys:
-        y_lo, y_hi = min(ys), max(ys)
-        if y_hi - y_lo < 1e-3:
-            y_lo, y_hi = y_lo - 0.05, y_hi + 0.05
-        step = _nice_step(y_lo, y_hi)
-        y_lo = max(0.0, math.floor(y_lo / step + 1e-9) * step)
-        y_hi = min(1.0, math.ceil(y_hi / step - 1e-9) * step)
-        if y_hi <= y_lo:
-            y_lo, y_hi = 0.0, 1.0
-    else:
-        y_lo, y_hi = 0.0, 1.0
-    y_ticks = _nice_ticks(y_lo, y_hi)
-
-    def px(t: float) -> float:
-        return left + (t - x_lo) / (x_hi - x_lo) * plot_w
-
-    def py(m: float) -> float:
-        return top + (1 - (m - y_lo) / (y_hi - y_lo)) * plot_h
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
-        f'<rect x="0" y="0" width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{left + plot_w / 2:.1f}" y="22" text-anchor="middle" font-size="15">'
-        f"CAM mIoU vs background threshold ({result['num_images']} images)</text>",
-    ]
-    x_step = x_ticks[1] - x_ticks[0] if len(x_ticks) > 1 else 0.1
-    for t in x_ticks:
-        x = px(t)
-        parts.append(
-            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" stroke="#e5e5e5"/>'
-        )
-        parts.append(
-            f'<line x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 5}" '
-            'stroke="black"/>'
-        )
-        parts.append(
-            f'<text x="{x:.1f}" y="{top + plot_h + 18}" text-anchor="middle">'
-            f"{_tick_label(t, x_step)}</text>"
-        )
-    y_step = y_ticks[1] - y_ticks[0] if len(y_ticks) > 1 else 0.1
-    for m in y_ticks:
-        y = py(m)
-        parts.append(
-            f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e5e5e5"/>'
-        )
-        parts.append(
-            f'<line x1="{left - 5}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="black"/>'
-        )
-        parts.append(
-            f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end">{_tick_label(m, y_step)}</text>'
-        )
-    parts += [
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" '
-        'stroke="black"/>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 12}" text-anchor="middle">'
-        "background threshold</text>",
-        f'<text x="18" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
-        f'transform="rotate(-90 18 {top + plot_h / 2:.1f})">mIoU</text>',
-    ]
-
-    # The curve, broken where the mIoU is undefined; point markers on top.
-    segment: list[str] = []
-    dots: list[str] = []
-    for t, m in [*points, (None, None)]:
-        if m is None:
-            if len(segment) > 1:
-                parts.append(
-                    f'<polyline points="{" ".join(segment)}" fill="none" stroke="#1f77b4" '
-                    'stroke-width="2"/>'
-                )
-            segment = []
-            continue
-        segment.append(f"{px(t):.1f},{py(m):.1f}")
-        dots.append(f'<circle cx="{px(t):.1f}" cy="{py(m):.1f}" r="2.5" fill="#1f77b4"/>')
-    parts += dots
-
-    legend_x, legend_y = left + plot_w + 15, top + 10
-    published_t, published_m = result.get("published_threshold"), result.get("published_miou")
-    if published_t is not None:
-        x = px(published_t)
-        parts.append(
-            f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" stroke="#2ca02c" '
-            'stroke-dasharray="5,4"/>'
-        )
-        if published_m is not None:
-            y = py(published_m)
-            parts.append(
-                f'<rect x="{x - 5:.1f}" y="{y - 5:.1f}" width="10" height="10" fill="none" '
-                'stroke="#2ca02c" stroke-width="2"/>'
-            )
-        parts.append(
-            f'<rect x="{legend_x}" y="{legend_y + 20}" width="10" height="10" fill="none" '
-            'stroke="#2ca02c" stroke-width="2"/>'
-        )
-        parts.append(
-            f'<text x="{legend_x + 16}" y="{legend_y + 29}">published {_fmt(published_t)}: '
-            f"{_pct(published_m)}</text>"
-        )
-    best_t, best_m = result.get("best_threshold"), result.get("best_miou")
-    if best_t is not None and best_m is not None:
-        parts.append(
-            f'<circle cx="{px(best_t):.1f}" cy="{py(best_m):.1f}" r="6" fill="none" '
-            'stroke="#d62728" stroke-width="2"/>'
-        )
-        parts.append(
-            f'<circle cx="{legend_x + 5}" cy="{legend_y + 5}" r="5" fill="none" stroke="#d62728" '
-            'stroke-width="2"/>'
-        )
-        parts.append(
-            f'<text x="{legend_x + 16}" y="{legend_y + 9}">best {_fmt(best_t)}: {_pct(best_m)}</text>'
-        )
-    if not ys:
-        parts.append(
-            f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h / 2:.1f}" text-anchor="middle" '
-            'fill="#888">no images scored</text>'
-        )
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"
+    threshold_sweep_plot(
+        result,
+        svg_path,
+        title=f"CAM: mIoU against the background threshold ({result['num_images']} images)",
+    )
 
 
 def _segmentation_class_names(class_names: Sequence[str], num_classes: int) -> list[str]:
@@ -342,33 +213,12 @@ def _json_float(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _nice_step(lo: float, hi: float, count: int = 5) -> float:
-    raw = (hi - lo) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    for factor in (1, 2, 5, 10):
-        if factor * magnitude >= raw - 1e-12:
-            return factor * magnitude
-    return 10 * magnitude
-
-
-def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-    step = _nice_step(lo, hi, count)
-    first = math.ceil(lo / step - 1e-9)
-    last = math.floor(hi / step + 1e-9)
-    return [round(i * step, 12) for i in range(first, last + 1)]
-
-
-def _tick_label(value: float, step: float) -> str:
-    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
-    return escape(f"{value:.{decimals}f}")
-
-
 def _fmt(value: float) -> str:
-    return escape(f"{value:g}")
+    return f"{value:g}"
 
 
 def _pct(value: float | None) -> str:
-    return "n/a" if value is None else escape(f"{100 * value:.1f}%")
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 # -- CRF label maps (DESIGN.md §1.2): the supervision of AffinityNet ----------
@@ -465,3 +315,143 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 def _cell(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
+
+
+# -- parameter sweeps and the summary (DESIGN.md §1.5) ------------------------------
+
+
+class SweepConfusion:
+    """One confusion matrix per value of a swept parameter (e.g. the walk's alpha).
+
+    Args:
+        num_classes: segmentation classes, background included (K + 1).
+        values: the swept values; `add(index, ...)` counts into value `index`.
+    """
+
+    def __init__(self, num_classes: int, values: Sequence[float]) -> None:
+        if num_classes < 2:
+            raise PsaError(f"num_classes={num_classes}: need background plus at least one class")
+        if not values:
+            raise PsaError("a sweep needs at least one value")
+        self.num_classes = num_classes
+        self.values = [float(v) for v in values]
+        self.confs = np.zeros((len(values), num_classes, num_classes), dtype=np.int64)
+        self.counts = np.zeros(len(values), dtype=np.int64)
+
+    def add(self, index: int, pred: np.ndarray, gt: np.ndarray) -> None:
+        """Count one image's prediction (H, W) against gt (H, W) for value `index`."""
+        self.confs[index] += confusion_matrix(pred, gt, self.num_classes)
+        self.counts[index] += 1
+
+    def result(self, name: str, values: Sequence[float], published: float) -> dict[str, Any]:
+        """JSON-ready: `sweep` (one {name, miou, per_class_iou} per value), best and published."""
+        sweep = []
+        for value, conf in zip(values, self.confs, strict=True):
+            miou, per_class = iou(conf)
+            sweep.append(
+                {
+                    name: float(value),
+                    "miou": _json_float(miou),
+                    "per_class_iou": [_json_float(v) for v in per_class],
+                }
+            )
+        scored = [row for row in sweep if row["miou"] is not None]
+        best = max(scored, key=lambda row: row["miou"]) if scored else None
+        chosen = next((row for row in sweep if row[name] == float(published)), None)
+        return {
+            "num_images": int(self.counts.max()),
+            "num_classes": self.num_classes,
+            "parameter": name,
+            "sweep": sweep,
+            "best_value": best[name] if best else None,
+            "best_miou": best["miou"] if best else None,
+            "published_value": float(published),
+            "published_miou": chosen["miou"] if chosen else None,
+            "published_per_class_iou": chosen["per_class_iou"] if chosen else None,
+        }
+
+
+def write_sweep_report(
+    result: dict[str, Any],
+    class_names: Sequence[str],
+    json_path: str | os.PathLike,
+    csv_path: str | os.PathLike,
+) -> None:
+    """A `SweepConfusion.result()` as JSON and CSV (one row per value: value, mIoU, IoUs)."""
+    names = _segmentation_class_names(class_names, result["num_classes"])
+    write_json(json_path, {**result, "class_names": names})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([result["parameter"], "miou", *names])
+    for row in result["sweep"]:
+        values = [row["miou"], *row["per_class_iou"]]
+        writer.writerow([_fmt(row[result["parameter"]]), *(_cell(v) for v in values)])
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text(buffer.getvalue())
+
+
+SUMMARY_COLUMNS = ("split", "stage", "setting", "miou", "note")
+
+
+def summary_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The CAM → CRF labels → random walk table: rows of `SUMMARY_COLUMNS` per split.
+
+    Args:
+        results: split → {"cam": evaluate_cams result, "crf": CrfLabelQuality
+            result, "walk": SweepConfusion result of the walk}.
+    """
+    rows = []
+    for split, stages in results.items():
+        cam, crf, walk = stages["cam"], stages["crf"], stages["walk"]
+        rows += [
+            {
+                "split": split,
+                "stage": "CAM",
+                "setting": f"bg threshold {cam['published_threshold']}",
+                "miou": cam["published_miou"],
+                "note": "published threshold",
+            },
+            {
+                "split": split,
+                "stage": "CAM",
+                "setting": f"bg threshold {cam['best_threshold']}",
+                "miou": cam["best_miou"],
+                "note": "best threshold of the sweep (chosen on ground truth)",
+            },
+            {
+                "split": split,
+                "stage": "CRF labels",
+                "setting": "labelled pixels only",
+                "miou": crf["miou"],
+                "note": f"{_pct(crf['uncertain_fraction'])} of pixels left uncertain",
+            },
+            {
+                "split": split,
+                "stage": "random walk",
+                "setting": f"alpha {_fmt(walk['published_value'])}",
+                "miou": walk["published_miou"],
+                "note": "configured alpha (the masks written)",
+            },
+            {
+                "split": split,
+                "stage": "random walk",
+                "setting": f"alpha {_fmt(walk['best_value'])}",
+                "miou": walk["best_miou"],
+                "note": "best alpha of the sweep (chosen on ground truth)",
+            },
+        ]
+    return rows
+
+
+def write_summary(
+    rows: Sequence[dict[str, Any]], json_path: str | os.PathLike, csv_path: str | os.PathLike
+) -> None:
+    """The summary rows as JSON (a list) and CSV (`SUMMARY_COLUMNS`)."""
+    write_json(json_path, list(rows))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SUMMARY_COLUMNS)
+    for row in rows:
+        writer.writerow([_cell(row[c]) if c == "miou" else row[c] for c in SUMMARY_COLUMNS])
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text(buffer.getvalue())

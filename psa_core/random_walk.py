@@ -20,16 +20,22 @@ the walk returns the scores unchanged.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from psa_core.affinity import check_grid_size, pair_indices, pair_offsets
+from psa_core.affinity import check_grid_size, pair_indices, pair_offsets, pool_scores
+from psa_core.constants import BACKGROUND_INDEX, FEATURE_STRIDE
+from psa_core.crf import score_stack
+from psa_core.defaults import RANDOM_WALK
 from psa_core.errors import PsaError
 
-DEFAULT_BETA = 8.0
+DEFAULT_BETA = RANDOM_WALK.beta
 """Exponent applied to the affinities (published β = 8)."""
 
-DEFAULT_LOGT = 8
+DEFAULT_LOGT = RANDOM_WALK.logt
 """log2 of the number of walk steps (published: t = 2^8 = 256)."""
 
 
@@ -58,7 +64,7 @@ def grid_pairs(height: int, width: int, radius: int) -> tuple[np.ndarray, np.nda
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty
     from_index, to_index = pair_indices(height, width, radius)
-    return np.broadcast_to(from_index, to_index.shape).reshape(-1), to_index.reshape(-1)
+    return np.repeat(from_index[None], to_index.shape[0], axis=0).reshape(-1), to_index.reshape(-1)
 
 
 def transition_matrix(
@@ -95,8 +101,12 @@ def transition_matrix(
     degree = torch.zeros(n, device=device, dtype=dtype).index_add_(0, cols, vals)
     vals = vals / degree[cols]  # column j of A over d_j
     # Tᵀ[j, i] = A[i, j] / d_j: rows of Tᵀ are the columns of A.
-    coo = torch.sparse_coo_tensor(torch.stack([cols, rows]), vals, (n, n)).coalesce()
-    return coo.to_sparse_csr()
+    coo = torch.sparse_coo_tensor(
+        torch.stack([cols, rows]), vals, (n, n), check_invariants=False
+    ).coalesce()
+    with warnings.catch_warnings():  # "CSR support is in beta": the CSR matmul is what we need
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return coo.to_sparse_csr()
 
 
 def random_walk(
@@ -136,3 +146,53 @@ def random_walk(
         scores = transition @ scores
     out = scores.T.reshape(channels, height, width).contiguous()
     return out.cpu().numpy() if as_numpy else out
+
+
+def padded_size(height: int, width: int) -> tuple[int, int]:
+    """(H, W) padded bottom / right to multiples of the feature stride (DESIGN.md §1.4)."""
+    pad = FEATURE_STRIDE
+    return -(-height // pad) * pad, -(-width // pad) * pad
+
+
+def walk_input(cams: np.ndarray, alpha: float) -> np.ndarray:
+    """The walk's start: background (1 − max cam)^alpha stacked on the CAMs, padded, 8×8-pooled.
+
+    Args:
+        cams: (C, H, W) float in [0, 1], the present classes' CAMs.
+        alpha: background exponent (published alpha_rw = 16).
+
+    Returns:
+        (C + 1, h, w) float32 on the stride-8 grid of the padded image,
+        background first.
+    """
+    stack = score_stack(cams, alpha)
+    height, width = stack.shape[1:]
+    pad_h, pad_w = padded_size(height, width)
+    stack = np.pad(stack, ((0, 0), (0, pad_h - height), (0, pad_w - width)))
+    return np.ascontiguousarray(np.moveaxis(pool_scores(np.moveaxis(stack, 0, -1)), -1, 0))
+
+
+def scores_to_mask(
+    scores: np.ndarray | torch.Tensor, size_hw: tuple[int, int], class_ids: np.ndarray
+) -> np.ndarray:
+    """Propagated scores → a segmentation: bilinear resize to the padded size, crop, argmax.
+
+    Args:
+        scores: (C + 1, h, w) float, background first (the walk's output).
+        size_hw: the original image's (H, W).
+        class_ids: (C,) 0-based ids of the present classes, in stack order.
+
+    Returns:
+        (H, W) uint8 segmentation indices (0 background, class id + 1).
+    """
+    scores_t = torch.as_tensor(scores, dtype=torch.float32)
+    height, width = size_hw
+    grid = scores_t.shape[-2:]
+    up = F.interpolate(
+        scores_t[None],
+        size=(grid[0] * FEATURE_STRIDE, grid[1] * FEATURE_STRIDE),
+        mode="bilinear",
+        align_corners=False,
+    )[0, :, :height, :width]
+    lut = np.concatenate([[BACKGROUND_INDEX], np.asarray(class_ids, dtype=np.int64) + 1])
+    return lut.astype(np.uint8)[up.argmax(dim=0).cpu().numpy()]

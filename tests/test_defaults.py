@@ -26,6 +26,9 @@ SECTIONS = {
     "cam.evaluate": defaults.CAM_EVALUATE,
     "crf": defaults.CRF,
     "affinity": defaults.AFFINITY_TRAIN,
+    "random_walk": defaults.RANDOM_WALK,
+    "random_walk.evaluate": defaults.RANDOM_WALK_EVALUATE,
+    "report": defaults.REPORT,
 }
 
 
@@ -61,7 +64,8 @@ def test_schema_defaults_equal_psa_core_defaults(section: str) -> None:
         expected = _as_schema_value(field.name, getattr(home, field.name))
         assert _schema_default(props[field.name]) == expected, f"{section}.{field.name}"
         checked += 1
-    assert checked >= 2
+    assert checked == len([f for f in dataclasses.fields(home) if f.name in props])
+    assert checked >= 1
 
 
 def test_affinity_radius_default() -> None:
@@ -83,6 +87,8 @@ def _subparser(name: str):
         ("evaluate-cam", defaults.CAM_EVALUATE),
         ("crf-labels", defaults.CRF),
         ("synth", defaults.SYNTHETIC),
+        ("random-walk", defaults.RANDOM_WALK),
+        ("evaluate-random-walk", defaults.RANDOM_WALK_EVALUATE),
     ],
 )
 def test_cli_defaults_come_from_psa_core_defaults(command: str, home) -> None:

@@ -132,12 +132,9 @@ def test_write_cam_report(tmp_path):
         assert float(row[1]) == pytest.approx(expected["miou"], abs=1e-6)
         assert len(row) == 5
 
-    svg = ET.parse(paths[2]).getroot()
+    svg = ET.parse(paths[2]).getroot()  # drawn by psa_core.plots (tested in test_plots.py)
     assert svg.tag.endswith("svg")
-    ns = "{http://www.w3.org/2000/svg}"
-    assert svg.findall(f"{ns}polyline"), "the curve"
-    texts = " ".join(t.text or "" for t in svg.iter(f"{ns}text"))
-    assert "best 0.2" in texts and "published 0.2" in texts and "mIoU" in texts
+    assert len(list(svg.iter("{http://www.w3.org/2000/svg}path"))) > 10
     assert sorted(p.name for p in paths[0].parent.iterdir()) == ["cam.csv", "cam.json", "cam.svg"]
 
 

@@ -37,6 +37,8 @@ TINY_CONFIG = {
     "crf": {"iterations": 3},
     # 72 px = 9 x 9 stride-8 cells, the smallest crop that holds radius-5 pairs
     "affinity": {"batch_size": 4, "epochs": 1, "lr": 0.01, "crop_size": 72},
+    "random_walk": {"logt": 4, "evaluate": {"alphas": [8, 16]}},
+    "report": {"gallery_size": 3},
 }
 
 

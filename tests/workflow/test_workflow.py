@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.workflow.conftest import REPO, TINY_CONFIG, run_snakemake, write_config
 
@@ -33,6 +36,11 @@ def test_default_config_dry_run(tmp_path: Path) -> None:
         "crf_labels",
         "evaluate_crf_labels",
         "train_affinity",
+        "random_walk",
+        "evaluate_random_walk",
+        "export_masks",
+        "summarize",
+        "gallery",
     ):
         assert rule in proc.stdout, proc.stdout
 
@@ -80,16 +88,52 @@ def test_full_run_then_incremental_rebuild(tiny_workdir: Path) -> None:
         assert column in log_header
     assert not (results / "affinity/train_checkpoint.pt").exists()
 
+    # Random walk: masks, the exported VOC-style folder, evaluation, summary, gallery.
+    exported = results / "pseudo_masks"
+    listed = (exported / "ImageSets/Segmentation/train.txt").read_text().split()
+    train_names = (results / "index/train/images.txt").read_text().split()
+    assert listed == train_names
+    for name in train_names:
+        with Image.open(exported / "SegmentationClassAug" / f"{name}.png") as mask:
+            assert mask.mode == "P" and mask.getpalette()[:6] == [0, 0, 0, 128, 0, 0]
+            with Image.open(exported / "JPEGImages" / f"{name}.jpg") as image:
+                assert mask.size == image.size
+    walk = json.loads((results / "rw/eval/train.json").read_text())
+    assert walk["num_images"] == 16 and 0.0 <= walk["published_miou"] <= 1.0
+    summary = list(csv.DictReader((results / "summary.csv").open()))
+    stages = [(row["split"], row["stage"]) for row in summary]
+    for split in ("train", "val"):
+        for stage in ("CAM", "CRF labels", "random walk"):
+            assert (split, stage) in stages
+    assert "pseudo_masks" in proc.stdout + proc.stderr  # the closing message says where
+    for split in ("train", "val"):
+        with Image.open(results / f"report/gallery-{split}.png") as picture:
+            assert picture.width > 500 and picture.height > 100
+
+    # The report holds the gallery and the evaluation plots.
+    run_snakemake(tiny_workdir, "--report", "report.zip")
+    with zipfile.ZipFile(tiny_workdir / "report.zip") as report:
+        files = report.namelist()
+    for split in ("train", "val"):
+        assert any(f.endswith(f"gallery-{split}.png") for f in files), files
+    assert sum(f.endswith(".svg") for f in files) == 4  # CAM and walk sweeps per split
+    assert any(f.endswith("summary.csv") for f in files)
+
     # Nothing to do when nothing changed.
     proc = run_snakemake(tiny_workdir)
     assert jobs_run(proc.stdout + proc.stderr) == []
 
-    # An evaluation parameter reruns only the evaluations.
+    # An evaluation parameter reruns only the evaluations and the summary built on them.
     config = copy.deepcopy(TINY_CONFIG)
     config["cam"]["evaluate"]["thresholds"] = [0.15, 0.25]
     write_config(tiny_workdir, config)
     proc = run_snakemake(tiny_workdir)
-    assert sorted(jobs_run(proc.stdout + proc.stderr)) == ["all", "evaluate_cam", "evaluate_cam"]
+    assert sorted(jobs_run(proc.stdout + proc.stderr)) == [
+        "all",
+        "evaluate_cam",
+        "evaluate_cam",
+        "summarize",
+    ]
 
     # An inference parameter reruns inference and evaluation, not training.
     config["cam"]["infer"]["scales"] = [1.0]
@@ -103,7 +147,9 @@ def test_full_run_then_incremental_rebuild(tiny_workdir: Path) -> None:
     write_config(tiny_workdir, config)
     proc = run_snakemake(tiny_workdir)
     ran = jobs_run(proc.stdout + proc.stderr)
-    assert sorted(set(ran)) == ["all", "crf_labels", "evaluate_crf_labels", "train_affinity"], ran
+    assert "train_cam" not in ran and "infer_cam" not in ran, ran
+    for rule in ("crf_labels", "evaluate_crf_labels", "train_affinity", "random_walk"):
+        assert rule in ran, ran
 
 
 @pytest.mark.parametrize(

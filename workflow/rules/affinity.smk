@@ -47,7 +47,12 @@ rule evaluate_crf_labels:
         labels=out("index/{split}/labels.json"),
     output:
         metrics=out("crf/eval/{split}.json"),
-        table=out("crf/eval/{split}.csv"),
+        table=report(
+            out("crf/eval/{split}.csv"),
+            caption="../report/crf_quality.rst",
+            category="CRF labels",
+            subcategory="{split}",
+        ),
     log:
         out("logs/evaluate_crf_labels/{split}.log"),
     benchmark:

@@ -96,7 +96,12 @@ rule evaluate_cam:
     output:
         metrics=out("cam/eval/{split}.json"),
         table=out("cam/eval/{split}.csv"),
-        plot=out("cam/eval/{split}.svg"),
+        plot=report(
+            out("cam/eval/{split}.svg"),
+            caption="../report/cam_sweep.rst",
+            category="CAM",
+            subcategory="{split}",
+        ),
     log:
         out("logs/evaluate_cam/{split}.log"),
     benchmark:

@@ -137,18 +137,24 @@ def spaced(values):
     return " ".join(str(v) for v in values)
 
 
-def cam_shards(wildcards):
-    """All CAM shards of a split."""
-    return expand(
-        out("cam/{split}/shard-{shard}.h5"), split=wildcards.split, shard=shard_ids(wildcards.split)
-    )
+def split_shards(pattern, split):
+    """Every shard of `split` for a path pattern with {split} and {shard}."""
+    return expand(out(pattern), split=split, shard=shard_ids(split))
 
 
-def crf_shards(wildcards):
-    """All CRF-label shards of a split."""
-    return expand(
-        out("crf/{split}/shard-{shard}.h5"), split=wildcards.split, shard=shard_ids(wildcards.split)
-    )
+def shards_of(pattern):
+    """An input function: every shard of the job's {split} for `pattern`."""
+
+    def shards(wildcards):
+        return split_shards(pattern, wildcards.split)
+
+    return shards
+
+
+cam_shards = shards_of("cam/{split}/shard-{shard}.h5")
+crf_shards = shards_of("crf/{split}/shard-{shard}.h5")
+walk_shards = shards_of("rw/{split}/shard-{shard}.h5")
+affinity_shards = shards_of("rw/{split}/affinity-{shard}.h5")
 
 
 def val_index(wildcards):
@@ -170,6 +176,7 @@ def val_options(wildcards, input):
 
 CRF = config["crf"]
 AFF = config["affinity"]
+RW = config["random_walk"]
 
 
 for _split in all_splits():

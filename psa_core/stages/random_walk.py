@@ -1,0 +1,299 @@
+"""Random-walk stage (DESIGN.md §1.4, §1.5): propagate each shard's CAMs over
+AffinityNet's affinities, write the masks, score them with an alpha sweep,
+export the training split's masks for a segmentation trainer, and summarise
+every stage (workflow/rules/random_walk.smk).
+
+Per shard the walk writes three artifacts:
+- a scores shard: per image the propagated (C + 1, h, w) scores on the stride-8
+  grid of the padded image (background first, `class_ids`);
+- an affinity shard: per image the (n_offsets, n_from) pair affinities, so a
+  sweep over the walk's background exponent needs no second pass through the
+  network (the class rows of the walk do not depend on it);
+- a folder of palette PNG masks, one per image.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from psa_core import io
+from psa_core.errors import PsaError
+from psa_core.stages.affinity import check_shard_classes, shard_index
+from psa_core.stages.common import image_paths
+
+log = logging.getLogger("psa")
+
+
+def random_walk_shard(
+    *,
+    root: Path,
+    images: Path,
+    labels: Path,
+    cams: Path,
+    weights: Path,
+    backbone: str,
+    radius: int,
+    alpha: float,
+    beta: float,
+    logt: int,
+    device: str,
+    amp: str,
+    out: Path,
+    out_affinity: Path,
+    out_masks: Path,
+) -> None:
+    """`psa random-walk`: masks of one CAM shard by the random walk of DESIGN.md §1.4."""
+    import torch
+
+    from psa_core.affinity import check_grid_size
+    from psa_core.data import read_labels
+    from psa_core.device import autocast_dtype, resolve_device
+    from psa_core.random_walk import padded_size, random_walk, scores_to_mask, walk_input
+
+    classes, _ = read_labels(labels)
+    check_shard_classes(cams, classes, labels)
+    names = io.read_score_shard_names(cams)
+    listed = set(io.read_lines(images))
+    foreign = [n for n in names if n not in listed]
+    if foreign:
+        raise PsaError(
+            f"{cams}: holds image '{foreign[0]}', which is not in {images}; the shard comes from "
+            "another dataset: delete it and rerun infer_cam"
+        )
+    paths = image_paths(root, names)
+    cam_data, _ = io.read_score_shard(cams)
+    model = _load_affinity_model(weights, backbone, radius, device)
+    torch_device = resolve_device(device)
+    amp_dtype = autocast_dtype(amp)
+    scores, affinities, masks = {}, {}, {}
+    start = time.perf_counter()
+    for name, path in zip(names, paths, strict=True):
+        image = io.read_image(path)
+        maps, class_ids = cam_data[name]
+        if maps.shape[1:] != image.shape[:2]:
+            raise PsaError(
+                f"{cams}: CAMs of '{name}' are {maps.shape[2]}x{maps.shape[1]} but the image is "
+                f"{image.shape[1]}x{image.shape[0]}; delete the shard and rerun infer_cam"
+            )
+        height, width = image.shape[:2]
+        pad_h, pad_w = padded_size(height, width)
+        x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(torch_device)
+        x = torch.nn.functional.pad(model.normalization(x), (0, pad_w - width, 0, pad_h - height))
+        grid = (pad_h // 8, pad_w // 8)
+        try:
+            check_grid_size(*grid, radius)
+        except PsaError:  # too small for a single pair: the walk is the identity
+            aff = torch.zeros(model.head.num_offsets, 0, device=torch_device)
+        else:
+            with (
+                torch.inference_mode(),
+                torch.autocast(torch_device.type, amp_dtype, enabled=amp_dtype is not None),
+            ):
+                aff = model(x)[0].float()
+        start_scores = torch.from_numpy(walk_input(maps, alpha)).to(torch_device)
+        walked = random_walk(aff, start_scores, beta=beta, logt=logt)
+        scores[name] = (walked.cpu().numpy(), class_ids)
+        affinities[name] = (aff.cpu().numpy(), class_ids)
+        masks[name] = scores_to_mask(walked, (height, width), class_ids)
+    elapsed = time.perf_counter() - start
+    log.info(
+        "random walk: %d images in %.1f s (%.2f images/s), beta %g, logt %d, alpha %g",
+        len(names),
+        elapsed,
+        len(names) / max(elapsed, 1e-9),
+        beta,
+        logt,
+        alpha,
+    )
+    attrs = {
+        "stage": "random_walk",
+        "classes": classes,
+        "cams": str(cams),
+        "weights": str(weights),
+        "backbone": backbone,
+        "radius": radius,
+        "alpha": alpha,
+        "beta": beta,
+        "logt": logt,
+    }
+    with io.atomic_dir(out_masks) as folder:
+        for name, mask in masks.items():
+            io.write_mask(folder / f"{name}.png", mask)
+    io.write_score_shard(out_affinity, affinities, attrs={**attrs, "what": "affinities"})
+    io.write_score_shard(out, scores, attrs=attrs, dtype="float32")
+
+
+def _load_affinity_model(weights: Path, backbone: str, radius: int, device: str):
+    from psa_core.device import resolve_device
+    from psa_core.models import build_model
+    from psa_core.models.weights import load_weights
+
+    model = build_model(backbone, "affinity", radius=radius)
+    load_weights(model, weights)
+    return model.to(resolve_device(device)).eval()
+
+
+# -- evaluation -------------------------------------------------------------------
+
+
+def _iter_walks(
+    root: Path,
+    names: Sequence[str],
+    walk_shards: Sequence[Path],
+    affinity_shards: Sequence[Path],
+    cam_shards: Sequence[Path],
+) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Per listed image: (name, walked scores, affinities, CAMs, class_ids, gt)."""
+    from psa_core.data import gt_mask_path
+
+    walks = shard_index(walk_shards, names, "random-walk")
+    affs = shard_index(affinity_shards, names, "affinity")
+    cams = shard_index(cam_shards, names, "CAM")
+    for shard in dict.fromkeys(walks[n] for n in names):
+        walked_data, _ = io.read_score_shard(shard)  # one shard in memory at a time
+        in_shard = [n for n in names if walks[n] == shard]
+        for name in in_shard:
+            walked, class_ids = walked_data[name]
+            aff, _ = io.read_score(affs[name], name)
+            maps, _ = io.read_score(cams[name], name)
+            mask_file = gt_mask_path(root, name)
+            if mask_file is None:
+                raise PsaError(
+                    f"{root}: no ground-truth mask for '{name}'; evaluate a split that has masks"
+                )
+            yield name, walked, aff, maps, class_ids, io.read_mask(mask_file)
+
+
+def evaluate_random_walk(
+    *,
+    root: Path,
+    images: Path,
+    labels: Path,
+    walks: Sequence[Path],
+    affinities: Sequence[Path],
+    cams: Sequence[Path],
+    alpha: float,
+    alphas: Sequence[float],
+    beta: float,
+    logt: int,
+    out_json: Path,
+    out_csv: Path,
+    out_plot: Path,
+) -> None:
+    """`psa evaluate-random-walk`: mIoU of the walk's masks, with a sweep over its alpha.
+
+    The configured alpha is scored from the stored masks' scores; for every
+    alpha of the sweep only the background row walks again, over the stored
+    affinities (the class rows do not depend on alpha), so no network runs.
+    """
+    import torch
+
+    from psa_core.data import read_labels
+    from psa_core.evaluate import SweepConfusion, write_sweep_report
+    from psa_core.plots import sweep_plot
+    from psa_core.random_walk import random_walk, scores_to_mask, walk_input
+
+    classes, _ = read_labels(labels)
+    names = io.read_lines(images)
+    for shard in walks:
+        check_shard_classes(shard, classes, labels)
+    grid = sorted({float(a) for a in alphas} | {float(alpha)})
+    sweep = SweepConfusion(len(classes) + 1, grid)
+    for _name, walked, aff, maps, class_ids, gt in _iter_walks(
+        root, names, walks, affinities, cams
+    ):
+        size = gt.shape
+        if maps.shape[1:] != size:
+            raise PsaError(
+                f"CAMs of '{_name}' are {maps.shape[2]}x{maps.shape[1]} but its mask is "
+                f"{size[1]}x{size[0]}; rerun the pipeline for this dataset"
+            )
+        backgrounds = np.stack([walk_input(maps, a)[0] for a in grid])  # (A, h, w)
+        walked_bg = random_walk(torch.from_numpy(aff), torch.from_numpy(backgrounds), beta, logt)
+        for index, a in enumerate(grid):
+            if a == float(alpha):
+                stack = walked  # exactly the masks the stage wrote
+            else:
+                stack = np.concatenate([walked_bg[index : index + 1].numpy(), walked[1:]])
+            sweep.add(index, scores_to_mask(stack, size, class_ids), gt)
+    result = sweep.result("alpha", grid, published=float(alpha))
+    log.info(
+        "random walk mIoU: %s at alpha %g; best %s at alpha %s",
+        result["published_miou"],
+        alpha,
+        result["best_miou"],
+        result["best_value"],
+    )
+    write_sweep_report(result, ["background", *classes], out_json, out_csv)
+    xs = [row["alpha"] for row in result["sweep"]]
+    ys = [row["miou"] for row in result["sweep"]]
+    sweep_plot(
+        xs,
+        ys,
+        out_plot,
+        xlabel="background exponent alpha of the walk's input",
+        title=f"Random walk: mIoU against alpha ({result['num_images']} images)",
+        mark={"configured": float(alpha), "best": result["best_value"]},
+    )
+
+
+# -- export and summary -------------------------------------------------------------
+
+
+def export_masks(*, masks: Sequence[Path], images: Path, split: str, root: Path, out: Path) -> None:
+    """`psa export-masks`: the split's masks as a VOC-style folder a segmentation trainer reads.
+
+    `out/SegmentationClassAug/<name>.png` (palette PNGs, VOC colours, 255
+    nowhere: every pixel gets a class), `out/ImageSets/Segmentation/<split>.txt`
+    (the image names) and `out/JPEGImages` (a link to the dataset's images).
+    """
+    import os
+    import shutil
+
+    names = io.read_lines(images)
+    found = {p.stem: p for folder in masks for p in Path(folder).glob("*.png")}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise PsaError(
+            f"random-walk masks lack {len(missing)} listed image(s) (first: '{missing[0]}'); "
+            "rerun random_walk for this split"
+        )
+    with io.atomic_dir(out) as folder:
+        masks_dir = folder / "SegmentationClassAug"
+        masks_dir.mkdir()
+        for name in names:
+            try:  # a hard link costs no space; copy across file systems
+                os.link(found[name], masks_dir / f"{name}.png")
+            except OSError:
+                shutil.copyfile(found[name], masks_dir / f"{name}.png")
+        lists = folder / "ImageSets" / "Segmentation"
+        lists.mkdir(parents=True)
+        (lists / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
+        (folder / "JPEGImages").symlink_to(Path(root).resolve() / "JPEGImages")
+    log.info("%d masks exported to %s", len(names), out / "SegmentationClassAug")
+
+
+def summarize(
+    *,
+    splits: Sequence[str],
+    cam: Sequence[Path],
+    crf: Sequence[Path],
+    walk: Sequence[Path],
+    out_json: Path,
+    out_csv: Path,
+) -> None:
+    """`psa summarize`: one table of CAM → CRF labels → random walk mIoU per split."""
+    from psa_core.evaluate import summary_rows, write_summary
+
+    if not len(splits) == len(cam) == len(crf) == len(walk):
+        raise PsaError("summarize: give one CAM, CRF and random-walk result per split")
+    results = {
+        split: {"cam": io.read_json(a), "crf": io.read_json(b), "walk": io.read_json(c)}
+        for split, a, b, c in zip(splits, cam, crf, walk, strict=True)
+    }
+    write_summary(summary_rows(results), out_json, out_csv)

@@ -1,0 +1,70 @@
+"""Report stage: the gallery of examples the Snakemake report shows (workflow/rules/report.smk)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from psa_core import io
+from psa_core.errors import PsaError
+from psa_core.stages.affinity import HIGH, LOW, shard_index
+
+log = logging.getLogger("psa")
+
+
+def pick_examples(names: Sequence[str], count: int) -> list[str]:
+    """`count` names spread evenly over the list (first and last included), in list order."""
+    if count < 1 or not names:
+        return []
+    if count >= len(names):
+        return list(names)
+    picks = np.linspace(0, len(names) - 1, count).round().astype(int)
+    return [names[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def gallery(
+    *,
+    root: Path,
+    images: Path,
+    labels: Path,
+    cams: Sequence[Path],
+    crf: Sequence[Path],
+    masks: Sequence[Path],
+    count: int,
+    out: Path,
+) -> None:
+    """`psa gallery`: image, ground truth, CAM, CRF labels and random-walk mask side by side."""
+    from psa_core.affinity import crf_label_map
+    from psa_core.data import gt_mask_path, image_path, read_labels
+    from psa_core.plots import gallery_figure
+
+    classes, _ = read_labels(labels)
+    names = pick_examples(io.read_lines(images), count)
+    cam_where = shard_index(cams, names, "CAM")
+    crf_where = shard_index(crf, names, "CRF")
+    mask_files = {p.stem: p for folder in masks for p in Path(folder).glob("*.png")}
+    rows = []
+    for name in names:
+        if name not in mask_files:
+            raise PsaError(
+                f"no random-walk mask for '{name}' in the mask folders; rerun random_walk"
+            )
+        cam_maps, _ = io.read_score(cam_where[name], name)
+        stack, class_ids = io.read_score(crf_where[name], name)
+        height, width = cam_maps.shape[1:]
+        row = {
+            "name": name,
+            "image": io.read_image(image_path(root, name)),
+            "CAM": cam_maps.max(axis=0) if len(cam_maps) else np.zeros((height, width), np.float32),
+            "CRF labels": crf_label_map(stack[LOW], stack[HIGH], class_ids),
+            "random walk": io.read_mask(mask_files[name]),
+        }
+        gt_file = gt_mask_path(root, name)
+        if gt_file is not None:
+            row["ground truth"] = io.read_mask(gt_file)
+        rows.append(row)
+    gallery_figure(rows, classes, out)
+    log.info("gallery of %d images written to %s", len(rows), out)
