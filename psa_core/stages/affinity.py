@@ -11,7 +11,6 @@ are the drivers of the `psa` subcommands of the same names.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -29,7 +28,13 @@ from psa_core import io
 from psa_core.affinity import affinity_loss, affinity_training_labels, crf_label_map
 from psa_core.defaults import AFFINITY_RADIUS, AFFINITY_TRAIN, CRF
 from psa_core.errors import PsaError
-from psa_core.stages.common import image_paths, init_model
+from psa_core.stages.common import (
+    check_shard_classes,
+    image_paths,
+    init_model,
+    listed_shard_names,
+    shard_index,
+)
 from psa_core.training import digest, sample_rng, train
 from psa_core.transforms import AffinityTrainTransform
 
@@ -40,36 +45,6 @@ LOW, HIGH = 0, 1
 
 
 # -- reading shards -------------------------------------------------------------
-
-
-def _shard_classes(path: Path) -> list[str] | None:
-    classes = io.read_score_shard_attrs(path).get("classes")
-    return json.loads(classes) if isinstance(classes, str) else classes
-
-
-def check_shard_classes(path: Path, classes: Sequence[str], labels_path: Path) -> None:
-    """PsaError unless the shard at `path` was made for the class list of `labels_path`."""
-    stored = _shard_classes(path)
-    if stored != list(classes):
-        raise PsaError(
-            f"{path}: made for classes {stored}, but {labels_path} has {list(classes)}; it comes "
-            "from another dataset or class list: delete it and rerun the stage that makes it"
-        )
-
-
-def shard_index(shards: Sequence[Path], names: Sequence[str], what: str) -> dict[str, Path]:
-    """Image name → the shard holding it; PsaError naming the first listed image none holds."""
-    where: dict[str, Path] = {}
-    for shard in shards:
-        for name in io.read_score_shard_names(shard):
-            where.setdefault(name, Path(shard))
-    missing = [n for n in names if n not in where]
-    if missing:
-        raise PsaError(
-            f"{what} shards lack {len(missing)} listed image(s) (first: '{missing[0]}'); "
-            "rerun the stage that makes them for this image list"
-        )
-    return where
 
 
 def _checked_size(path: Path, name: str, maps: np.ndarray, image: np.ndarray, what: str) -> None:
@@ -149,14 +124,7 @@ def crf_labels(
         raise PsaError(f"--workers {workers}: must be at least 1")
     classes, _ = read_labels(labels)
     check_shard_classes(cams, classes, labels)
-    listed = set(io.read_lines(images))
-    names = io.read_score_shard_names(cams)
-    foreign = [n for n in names if n not in listed]
-    if foreign:
-        raise PsaError(
-            f"{cams}: holds image '{foreign[0]}', which is not in {images}; the shard comes from "
-            "another dataset: delete it and rerun infer_cam"
-        )
+    names = listed_shard_names(cams, images)
     settings = CrfSettings(
         alpha_low=alpha_low,
         alpha_high=alpha_high,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from psa_core import io
 from psa_core.errors import PsaError
 
 
@@ -42,14 +44,17 @@ def image_paths(root: str | os.PathLike, names: Sequence[str]) -> list[Path]:
 
 
 def load_trained_model(
-    weights: Path, backbone: str, head: str, num_classes: int, device: str
+    weights: Path, backbone: str, head: str, num_classes: int, device: str, **model_options: Any
 ) -> nn.Module:
-    """Build a model, load trained weights strictly, move it to `device`, eval mode."""
+    """Build a model, load trained weights strictly, move it to `device`, eval mode.
+
+    `model_options` go to `build_model` (e.g. `radius`).
+    """
     from psa_core.device import resolve_device
     from psa_core.models import build_model
     from psa_core.models.weights import load_weights
 
-    model = build_model(backbone, head, num_classes=num_classes)
+    model = build_model(backbone, head, num_classes=num_classes, **model_options)
     load_weights(model, weights)
     return model.to(resolve_device(device)).eval()
 
@@ -80,3 +85,49 @@ def init_model(
         for note in load_weights(model, init, backbone_only=True):
             log.info("init weights: %s", note)
     return model
+
+
+# -- shards ------------------------------------------------------------------------
+
+
+def _shard_classes(path: Path) -> list[str] | None:
+    classes = io.read_score_shard_attrs(path).get("classes")
+    return json.loads(classes) if isinstance(classes, str) else classes
+
+
+def check_shard_classes(path: Path, classes: Sequence[str], labels_path: Path) -> None:
+    """PsaError unless the shard at `path` was made for the class list of `labels_path`."""
+    stored = _shard_classes(path)
+    if stored != list(classes):
+        raise PsaError(
+            f"{path}: made for classes {stored}, but {labels_path} has {list(classes)}; it comes "
+            "from another dataset or class list: delete it and rerun the stage that makes it"
+        )
+
+
+def shard_index(shards: Sequence[Path], names: Sequence[str], what: str) -> dict[str, Path]:
+    """Image name → the shard holding it; PsaError naming the first listed image none holds."""
+    where: dict[str, Path] = {}
+    for shard in shards:
+        for name in io.read_score_shard_names(shard):
+            where.setdefault(name, Path(shard))
+    missing = [n for n in names if n not in where]
+    if missing:
+        raise PsaError(
+            f"{what} shards lack {len(missing)} listed image(s) (first: '{missing[0]}'); "
+            "rerun the stage that makes them for this image list"
+        )
+    return where
+
+
+def listed_shard_names(shard: Path, images: Path) -> list[str]:
+    """The image names a CAM shard holds, each checked to be in the image list `images`."""
+    listed = set(io.read_lines(images))
+    names = io.read_score_shard_names(shard)
+    foreign = [n for n in names if n not in listed]
+    if foreign:
+        raise PsaError(
+            f"{shard}: holds image '{foreign[0]}', which is not in {images}; the shard comes from "
+            "another dataset: delete it and rerun infer_cam"
+        )
+    return names

@@ -22,9 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from psa_core import io
+from psa_core.constants import FEATURE_STRIDE
 from psa_core.errors import PsaError
-from psa_core.stages.affinity import check_shard_classes, shard_index
-from psa_core.stages.common import image_paths
+from psa_core.stages.common import (
+    check_shard_classes,
+    image_paths,
+    listed_shard_names,
+    load_trained_model,
+    shard_index,
+)
 
 log = logging.getLogger("psa")
 
@@ -57,17 +63,10 @@ def random_walk_shard(
 
     classes, _ = read_labels(labels)
     check_shard_classes(cams, classes, labels)
-    names = io.read_score_shard_names(cams)
-    listed = set(io.read_lines(images))
-    foreign = [n for n in names if n not in listed]
-    if foreign:
-        raise PsaError(
-            f"{cams}: holds image '{foreign[0]}', which is not in {images}; the shard comes from "
-            "another dataset: delete it and rerun infer_cam"
-        )
+    names = listed_shard_names(cams, images)
     paths = image_paths(root, names)
     cam_data, _ = io.read_score_shard(cams)
-    model = _load_affinity_model(weights, backbone, radius, device)
+    model = load_trained_model(weights, backbone, "affinity", len(classes), device, radius=radius)
     torch_device = resolve_device(device)
     amp_dtype = autocast_dtype(amp)
     scores, affinities, masks = {}, {}, {}
@@ -84,7 +83,7 @@ def random_walk_shard(
         pad_h, pad_w = padded_size(height, width)
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(torch_device)
         x = torch.nn.functional.pad(model.normalization(x), (0, pad_w - width, 0, pad_h - height))
-        grid = (pad_h // 8, pad_w // 8)
+        grid = (pad_h // FEATURE_STRIDE, pad_w // FEATURE_STRIDE)
         try:
             check_grid_size(*grid, radius)
         except PsaError:  # too small for a single pair: the walk is the identity
@@ -126,16 +125,6 @@ def random_walk_shard(
             io.write_mask(folder / f"{name}.png", mask)
     io.write_score_shard(out_affinity, affinities, attrs={**attrs, "what": "affinities"})
     io.write_score_shard(out, scores, attrs=attrs, dtype="float32")
-
-
-def _load_affinity_model(weights: Path, backbone: str, radius: int, device: str):
-    from psa_core.device import resolve_device
-    from psa_core.models import build_model
-    from psa_core.models.weights import load_weights
-
-    model = build_model(backbone, "affinity", radius=radius)
-    load_weights(model, weights)
-    return model.to(resolve_device(device)).eval()
 
 
 # -- evaluation -------------------------------------------------------------------
@@ -204,13 +193,11 @@ def evaluate_random_walk(
         check_shard_classes(shard, classes, labels)
     grid = sorted({float(a) for a in alphas} | {float(alpha)})
     sweep = SweepConfusion(len(classes) + 1, grid)
-    for _name, walked, aff, maps, class_ids, gt in _iter_walks(
-        root, names, walks, affinities, cams
-    ):
+    for name, walked, aff, maps, class_ids, gt in _iter_walks(root, names, walks, affinities, cams):
         size = gt.shape
         if maps.shape[1:] != size:
             raise PsaError(
-                f"CAMs of '{_name}' are {maps.shape[2]}x{maps.shape[1]} but its mask is "
+                f"CAMs of '{name}' are {maps.shape[2]}x{maps.shape[1]} but its mask is "
                 f"{size[1]}x{size[0]}; rerun the pipeline for this dataset"
             )
         backgrounds = np.stack([walk_input(maps, a)[0] for a in grid])  # (A, h, w)

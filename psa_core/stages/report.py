@@ -10,7 +10,8 @@ import numpy as np
 
 from psa_core import io
 from psa_core.errors import PsaError
-from psa_core.stages.affinity import HIGH, LOW, shard_index
+from psa_core.stages.affinity import HIGH, LOW
+from psa_core.stages.common import shard_index
 
 log = logging.getLogger("psa")
 
