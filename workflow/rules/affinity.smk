@@ -87,8 +87,6 @@ rule train_affinity:
     conda:
         "../../envs/psa.yaml"
     threads: 4
-    resources:
-        gpu=1,
     params:
         root=DATA_ROOT,
         checkpoint=out("affinity/train_checkpoint.pt"),

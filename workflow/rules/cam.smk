@@ -20,8 +20,6 @@ rule train_cam:
     conda:
         "../../envs/psa.yaml"
     threads: 4
-    resources:
-        gpu=1,
     params:
         root=DATA_ROOT,
         checkpoint=out("cam/train_checkpoint.pt"),
@@ -69,8 +67,6 @@ rule infer_cam:
     conda:
         "../../envs/psa.yaml"
     threads: 2
-    resources:
-        gpu=1,
     params:
         root=DATA_ROOT,
         backbone=BACKBONE,

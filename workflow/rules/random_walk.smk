@@ -21,8 +21,6 @@ rule random_walk:
     conda:
         "../../envs/psa.yaml"
     threads: 2
-    resources:
-        gpu=1,
     params:
         root=DATA_ROOT,
         backbone=BACKBONE,
