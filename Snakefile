@@ -1,11 +1,22 @@
 # PSA / AffinityNet (Ahn & Kwak, CVPR 2018) as a Snakemake workflow.
 # Stages live in workflow/rules/<stage>.smk; each rule calls `psa <stage> ...`.
+import shlex
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
 configfile: "config.yaml"
+
+
+# `python -m psa_core` imports the package from this checkout in every job:
+# from any working directory, and inside conda environments (envs/psa.yaml)
+# where the package itself is not installed.
+# (Snakemake formats the prefix too, hence the doubled braces.)
+shell.prefix(
+    f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
 
 
 report: "workflow/report/workflow.rst"

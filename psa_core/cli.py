@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -315,6 +316,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, then call the subcommand's stage driver with the options as keywords."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if os.environ.get("SLURM_JOB_ID"):
+        logging.getLogger("psa").info(
+            "running as SLURM job %s on %s",
+            os.environ["SLURM_JOB_ID"],
+            os.environ.get("SLURMD_NODENAME", "?"),
+        )
     options = vars(args).copy()
     command, driver = options.pop("command"), options.pop("driver")
     _set_threads(options.pop("threads", None))
