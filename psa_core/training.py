@@ -132,6 +132,13 @@ class EpochBatchSampler:
             yield [(self.epoch, int(i)) for i in order[b * bs : (b + 1) * bs]]
 
 
+def stage_options(defaults: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """`train`'s optimiser keywords from a stage's `psa_core.defaults.TrainDefaults`,
+    overridden by the caller's `options` (the other `train` keywords pass through)."""
+    names = ("epochs", "batch_size", "lr", "weight_decay", "poly_power", "momentum", "num_workers")
+    return {**{name: getattr(defaults, name) for name in names}, **options}
+
+
 def digest(obj: Any) -> str:
     """A short stable hash of a JSON-able value (dataset fingerprints)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

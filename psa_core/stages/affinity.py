@@ -35,7 +35,7 @@ from psa_core.stages.common import (
     listed_shard_names,
     shard_index,
 )
-from psa_core.training import digest, sample_rng, train
+from psa_core.training import digest, sample_rng, stage_options, train
 from psa_core.transforms import AffinityTrainTransform
 
 log = logging.getLogger("psa")
@@ -336,27 +336,11 @@ def fit_affinity(
     root: str | os.PathLike,
     names: Sequence[str],
     shards: Mapping[str, Path],
-    out_weights: str | os.PathLike,
-    checkpoint_path: str | os.PathLike,
-    log_csv: str | os.PathLike,
     crop_size: int = AFFINITY_TRAIN.crop_size,
     color_jitter: tuple[float, float, float, float] = AFFINITY_TRAIN.color_jitter,
     flip: bool = True,
-    epochs: int = AFFINITY_TRAIN.epochs,
-    batch_size: int = AFFINITY_TRAIN.batch_size,
-    lr: float = AFFINITY_TRAIN.lr,
-    weight_decay: float = AFFINITY_TRAIN.weight_decay,
-    poly_power: float = AFFINITY_TRAIN.poly_power,
-    momentum: float = AFFINITY_TRAIN.momentum,
     seed: int = 0,
-    device: str | torch.device = "auto",
-    num_workers: int = AFFINITY_TRAIN.num_workers,
-    restart_on_change: bool = False,
-    log_every: int = 10,
-    progress: bool = True,
-    amp_dtype: str | torch.dtype | None = None,
-    config: Mapping[str, Any] | None = None,
-    on_step: Callable[[int], None] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Train AffinityNet (DESIGN.md §1.3) on CRF score shards, on the shared loop.
 
@@ -365,7 +349,10 @@ def fit_affinity(
             initial weights loaded.
         names: training images; shards: name → CRF shard holding its stacks.
         crop_size, color_jitter, flip: `AffinityTrainTransform`.
-        The rest: as `psa_core.training.train`.
+        seed: data order, augmentation, dropout.
+        options: keywords of `psa_core.training.train` (out_weights,
+            checkpoint_path, log_csv, device, …); the optimiser ones default
+            to the published `AFFINITY_TRAIN`.
     """
     try:
         transform = AffinityTrainTransform(
@@ -378,27 +365,7 @@ def fit_affinity(
         raise PsaError(f"training augmentation: {exc}") from None
     dataset = AffinityTrainDataset(root, names, shards, transform, seed, model.radius)
     return train(
-        model,
-        dataset,
-        affinity_pair_loss,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        poly_power=poly_power,
-        momentum=momentum,
-        seed=seed,
-        device=device,
-        out_weights=out_weights,
-        checkpoint_path=checkpoint_path,
-        log_csv=log_csv,
-        num_workers=num_workers,
-        restart_on_change=restart_on_change,
-        log_every=log_every,
-        progress=progress,
-        amp_dtype=amp_dtype,
-        config=config,
-        on_step=on_step,
+        model, dataset, affinity_pair_loss, seed=seed, **stage_options(AFFINITY_TRAIN, options)
     )
 
 

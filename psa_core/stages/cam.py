@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from psa_core import io
 from psa_core.defaults import CAM_TRAIN
 from psa_core.errors import PsaError
 from psa_core.stages.common import check_names, image_paths, init_model, load_trained_model
-from psa_core.training import digest, sample_rng, train
+from psa_core.training import digest, sample_rng, stage_options, train
 from psa_core.transforms import CamTrainTransform, Normalization, center_crop_box, crop
 
 log = logging.getLogger("psa")
@@ -137,31 +137,14 @@ def fit_cam(
     root: str | os.PathLike,
     names: Sequence[str],
     labels: Mapping[str, np.ndarray],
-    out_weights: str | os.PathLike,
-    checkpoint_path: str | os.PathLike,
-    log_csv: str | os.PathLike,
     crop_size: int = CAM_TRAIN.crop_size,
     resize_long: tuple[int, int] | None = CAM_TRAIN.resize_long,
     color_jitter: tuple[float, float, float, float] = CAM_TRAIN.color_jitter,
     flip: bool = True,
-    epochs: int = CAM_TRAIN.epochs,
-    batch_size: int = CAM_TRAIN.batch_size,
-    lr: float = CAM_TRAIN.lr,
-    weight_decay: float = CAM_TRAIN.weight_decay,
-    poly_power: float = CAM_TRAIN.poly_power,
-    momentum: float = CAM_TRAIN.momentum,
     seed: int = 0,
-    device: str | torch.device = "auto",
-    num_workers: int = CAM_TRAIN.num_workers,
-    restart_on_change: bool = False,
     val_names: Sequence[str] | None = None,
     val_crop_size: int | None = None,
-    log_every: int = 10,
-    checkpoint_every: int = 0,
-    progress: bool = True,
-    amp_dtype: str | torch.dtype | None = None,
-    config: Mapping[str, Any] | None = None,
-    on_step: Callable[[int], None] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Train the classification network of DESIGN.md §1.1 (defaults: published).
 
@@ -173,9 +156,12 @@ def fit_cam(
             training and validation name must be present).
         crop_size, resize_long, color_jitter, flip: the augmentation
             (`CamTrainTransform`); `resize_long=None` skips the resize.
+        seed: data order, augmentation, dropout.
         val_names: optional validation images; their loss on a centred
             `val_crop_size` window (default `crop_size`) is logged per epoch.
-        The rest: as `psa_core.training.train`.
+        options: keywords of `psa_core.training.train` (out_weights,
+            checkpoint_path, log_csv, device, …); the optimiser ones default
+            to the published `CAM_TRAIN`.
     """
     try:
         transform = CamTrainTransform(
@@ -197,26 +183,9 @@ def fit_cam(
         model,
         dataset,
         multilabel_soft_margin_loss,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        poly_power=poly_power,
-        momentum=momentum,
         seed=seed,
-        device=device,
-        out_weights=out_weights,
-        checkpoint_path=checkpoint_path,
-        log_csv=log_csv,
         val_dataset=val_dataset,
-        num_workers=num_workers,
-        restart_on_change=restart_on_change,
-        log_every=log_every,
-        checkpoint_every=checkpoint_every,
-        progress=progress,
-        amp_dtype=amp_dtype,
-        config=config,
-        on_step=on_step,
+        **stage_options(CAM_TRAIN, options),
     )
 
 
