@@ -75,3 +75,33 @@ def write_config(workdir: Path, config: dict) -> Path:
 def tiny_workdir(tmp_path: Path) -> Path:
     write_config(tmp_path, TINY_CONFIG)
     return tmp_path
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Rule -> number of jobs from the first "Job stats" table Snakemake prints.
+
+    A dry run (`-n`, `-n --quiet rules`) prints its plan as that table; an
+    empty dict when there is none ("Nothing to be done").
+    """
+    import re
+
+    table = re.search(r"^Job stats:\n.*?^-+\s+-+\n(.*?)^total\s+\d+", output, flags=re.M | re.S)
+    if table is None:
+        return {}
+    rows = re.findall(r"^(\w+)\s+(\d+)\s*$", table.group(1), flags=re.M)
+    return {rule: int(count) for rule, count in rows}
+
+
+def job_list(output: str) -> list[tuple[str, str]]:
+    """(rule, wildcards) of every job block Snakemake printed, planned or run.
+
+    `wildcards` is Snakemake's own text, e.g. "split=val, shard=001", or ""
+    for a job without wildcards.
+    """
+    import re
+
+    jobs = []
+    for rule, body in re.findall(r"^(?:local)?rule (\w+):\n((?:[ \t]+.*\n?)*)", output, flags=re.M):
+        wildcards = re.search(r"^\s+wildcards: (.*)$", body, flags=re.M)
+        jobs.append((rule, wildcards.group(1).strip() if wildcards else ""))
+    return jobs

@@ -1,0 +1,175 @@
+"""Kill the workflow while AffinityNet trains, run the same command again: it resumes.
+
+A real `snakemake --cores 2` is stopped by signals while `train_affinity`
+runs; the second run must keep every finished artifact, rerun nothing before
+`train_affinity`, continue the training from its checkpoint and end with the
+weights of an uninterrupted run.
+
+The signals go to Snakemake's process group, as a terminal's Ctrl-C (SIGINT)
+and a batch system's cancel or time limit (SIGTERM to every process of the
+job) deliver them. Snakemake forwards no signal to its jobs: SIGTERM to the
+Snakemake process alone makes it wait for the running jobs ("Will exit after
+finishing currently running jobs"), so the training would simply finish.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from psa_core import io
+from tests.workflow.conftest import (
+    REPO,
+    TINY_CONFIG,
+    job_list,
+    planned_jobs,
+    run_snakemake,
+    write_config,
+)
+
+AFFINITY_EPOCHS = 30
+"""120 steps of 4 images with TINY_CONFIG: about 12-15 s of training on 2 idle CPU
+cores (a minute on a loaded box), so the signal comes well before the end."""
+
+LOGGED_ROWS = 2
+"""Data rows in the partial training log before the signal: training is under way."""
+
+WAIT_S = 300.0
+SIGINT_AFTER_S = 10.0
+
+AFTER_AFFINITY = {
+    "train_affinity",
+    "random_walk",
+    "evaluate_random_walk",
+    "export_masks",
+    "gallery",
+    "summarize",
+    "all",
+}
+
+FINISHED_BEFORE = (
+    "cam/weights.pt",
+    "cam/train/shard-*.h5",
+    "cam/eval/train.json",
+    "crf/train/shard-*.h5",
+    "crf/eval/train.json",
+    "index/*/*",
+)
+
+
+def resume_config() -> dict:
+    config = copy.deepcopy(TINY_CONFIG)
+    config["dataset"]["eval_splits"] = ["train"]
+    config["affinity"]["epochs"] = AFFINITY_EPOCHS
+    return config
+
+
+def stamps(results: Path) -> dict[str, tuple[int, bytes]]:
+    """(mtime in ns, bytes) of the artifacts finished before train_affinity."""
+    files = sorted({p for pattern in FINISHED_BEFORE for p in results.glob(pattern)})
+    assert len(files) >= 8, files
+    return {str(p.relative_to(results)): (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+
+
+def data_rows(log_csv: Path) -> int:
+    try:
+        return max(0, len(log_csv.read_text().splitlines()) - 1)
+    except FileNotFoundError:
+        return 0
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def interrupt_during_affinity_training(workdir: Path) -> tuple[int, str]:
+    """Start the workflow, signal its process group once training logs LOGGED_ROWS rows.
+
+    SIGTERM first; SIGINT as well if Snakemake still runs after SIGINT_AFTER_S.
+    Returns Snakemake's exit code and output once every process of the group
+    has exited (the training process may outlive Snakemake while it saves
+    its checkpoint).
+    """
+    partial = workdir / "results/affinity/train_log.csv.partial"
+    log_path = workdir / "interrupted-run.log"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
+    cmd += ["--directory", str(workdir), "--cores", "2"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while data_rows(partial) < LOGGED_ROWS:
+            if proc.poll() is not None:
+                pytest.fail(f"the workflow ended before the signal:\n{log_path.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"train_affinity logged no {LOGGED_ROWS} rows in {WAIT_S} s")
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=SIGINT_AFTER_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.wait(timeout=WAIT_S)
+        deadline = time.monotonic() + WAIT_S
+        while group_alive(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        if group_alive(proc.pid):  # only on a failure above: leave nothing running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, log_path.read_text()
+
+
+@pytest.mark.slow
+def test_killed_during_affinity_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    # Everything before train_affinity, once; both runs below start from copies.
+    prefix = tmp_path / "prefix"
+    prefix.mkdir()
+    write_config(prefix, resume_config())
+    run_snakemake(prefix, "--omit-from", "train_affinity")
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    shutil.copytree(prefix, reference, symlinks=True)
+    shutil.copytree(prefix, interrupted, symlinks=True)
+
+    run_snakemake(reference, "results/affinity/weights.pt")  # uninterrupted training
+    expected = io.load_torch(reference / "results/affinity/weights.pt")
+
+    results = interrupted / "results"
+    before = stamps(results)
+    code, first_output = interrupt_during_affinity_training(interrupted)
+    assert code != 0, first_output
+    assert (results / "affinity/train_checkpoint.pt").is_file(), first_output
+    assert not (results / "affinity/weights.pt").exists(), "finished before the signal"
+    assert not (results / "affinity/train_log.csv").exists()
+    assert stamps(results) == before
+
+    # The same command again, without --rerun-incomplete: Snakemake asks for it only
+    # when an output marked incomplete exists, and train_affinity writes none before
+    # it finishes.
+    proc = run_snakemake(interrupted, "-n", "--quiet", "rules", check=False)
+    assert "IncompleteFilesException" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert set(planned_jobs(proc.stdout + proc.stderr)) == AFTER_AFFINITY
+    proc = run_snakemake(interrupted)
+    ran = {rule for rule, _ in job_list(proc.stdout + proc.stderr)}
+    assert ran == AFTER_AFFINITY, ran
+    assert "resuming from" in (results / "logs/train_affinity.log").read_text()
+    assert not (results / "affinity/train_checkpoint.pt").exists()
+    assert stamps(results) == before
+    weights = io.load_torch(results / "affinity/weights.pt")
+    assert weights.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(weights[key], tensor), key
