@@ -14,7 +14,9 @@ configfile: "config.yaml"
 # from any working directory, and inside conda environments (envs/psa.yaml)
 # where the package itself is not installed.
 # (Snakemake formats the prefix too, hence the doubled braces.)
+# It replaces Snakemake's default prefix, so that one is restated first.
 shell.prefix(
+    "set -euo pipefail; "
     f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 

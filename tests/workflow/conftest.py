@@ -105,3 +105,10 @@ def job_list(output: str) -> list[tuple[str, str]]:
         wildcards = re.search(r"^\s+wildcards: (.*)$", body, flags=re.M)
         jobs.append((rule, wildcards.group(1).strip() if wildcards else ""))
     return jobs
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the SLURM test last: it installs the SLURM client tools, and with them on
+    PATH but no controller running, the SLURM executor plugin's start-up queries
+    (`scontrol show config`) add seconds to every later `snakemake` call."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)

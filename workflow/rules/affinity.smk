@@ -30,7 +30,7 @@ rule crf_labels:
         bilateral_compat=CRF["bilateral_compat"],
         dtype=CRF["dtype"],
     shell:
-        "python -m psa_core crf-labels --root {params.root} --images {input.images}"
+        "exec python -m psa_core crf-labels --root {params.root} --images {input.images}"
         " --labels {input.labels} --cams {input.cams} --alpha-low {params.alpha_low}"
         " --alpha-high {params.alpha_high} --iterations {params.iterations}"
         " --gaussian-sxy {params.gaussian_sxy} --gaussian-compat {params.gaussian_compat}"
@@ -63,7 +63,7 @@ rule evaluate_crf_labels:
     params:
         root=DATA_ROOT,
     shell:
-        "python -m psa_core evaluate-crf-labels --root {params.root} --images {input.images}"
+        "exec python -m psa_core evaluate-crf-labels --root {params.root} --images {input.images}"
         " --labels {input.labels} --crf {input.crf} --out-json {output.metrics}"
         " --out-csv {output.table} > {log} 2>&1"
 
@@ -106,7 +106,7 @@ rule train_affinity:
         device=config["device"],
         amp=config["amp"],
     shell:
-        "python -m psa_core train-affinity --root {params.root} --images {input.images}"
+        "exec python -m psa_core train-affinity --root {params.root} --images {input.images}"
         " --labels {input.labels} --crf {input.crf} --backbone {params.backbone} {params.init}"
         " --epochs {params.epochs} --batch-size {params.batch_size} --lr {params.lr}"
         " --weight-decay {params.weight_decay} --poly-power {params.poly_power}"

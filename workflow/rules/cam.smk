@@ -40,7 +40,7 @@ rule train_cam:
         device=config["device"],
         amp=config["amp"],
     shell:
-        "python -m psa_core train-cam --root {params.root} --images {input.images}"
+        "exec python -m psa_core train-cam --root {params.root} --images {input.images}"
         " --labels {input.labels} {params.val} --backbone {params.backbone} {params.init}"
         " --epochs {params.epochs} --batch-size {params.batch_size} --lr {params.lr}"
         " --weight-decay {params.weight_decay} --poly-power {params.poly_power}"
@@ -76,7 +76,7 @@ rule infer_cam:
         device=config["device"],
         amp=config["amp"],
     shell:
-        "python -m psa_core infer-cam --root {params.root} --images {input.images}"
+        "exec python -m psa_core infer-cam --root {params.root} --images {input.images}"
         " --labels {input.labels} --weights {input.weights} --backbone {params.backbone}"
         " --shard {wildcards.shard} --shard-size {params.shard_size} --scales {params.scales}"
         " --dtype {params.dtype} --device {params.device} --amp {params.amp} --threads {threads}"
@@ -110,7 +110,7 @@ rule evaluate_cam:
         thresholds=spaced(CAM["evaluate"]["thresholds"]),
         bg_threshold=CAM["evaluate"]["bg_threshold"],
     shell:
-        "python -m psa_core evaluate-cam --root {params.root} --images {input.images}"
+        "exec python -m psa_core evaluate-cam --root {params.root} --images {input.images}"
         " --labels {input.labels} --cams {input.cams} --thresholds {params.thresholds}"
         " --bg-threshold {params.bg_threshold} --out-json {output.metrics}"
         " --out-csv {output.table} --out-svg {output.plot} > {log} 2>&1"

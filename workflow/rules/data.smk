@@ -19,7 +19,7 @@ rule generate_synthetic:
         max_side=config["synthetic"]["image_size"][1],
         num_classes=config["synthetic"]["num_classes"],
     shell:
-        "python -m psa_core synth --out {output.root} --seed {params.seed} --num-train {params.num_train}"
+        "exec python -m psa_core synth --out {output.root} --seed {params.seed} --num-train {params.num_train}"
         " --num-val {params.num_val} --image-size {params.min_side} {params.max_side}"
         " --num-classes {params.num_classes} > {log} 2>&1"
 
@@ -41,5 +41,5 @@ rule index_split:
         root=DATA_ROOT,
         classes=classes_arg(),
     shell:
-        "python -m psa_core index --root {params.root} --split {wildcards.split} {params.classes}"
+        "exec python -m psa_core index --root {params.root} --split {wildcards.split} {params.classes}"
         " --out-images {output.images} --out-labels {output.labels} > {log} 2>&1"

@@ -31,7 +31,7 @@ rule random_walk:
         device=config["device"],
         amp=config["amp"],
     shell:
-        "python -m psa_core random-walk --root {params.root} --images {input.images}"
+        "exec python -m psa_core random-walk --root {params.root} --images {input.images}"
         " --labels {input.labels} --cams {input.cams} --weights {input.weights}"
         " --backbone {params.backbone} --radius {params.radius} --alpha {params.alpha}"
         " --beta {params.beta} --logt {params.logt} --device {params.device} --amp {params.amp}"
@@ -70,7 +70,7 @@ rule evaluate_random_walk:
         beta=RW["beta"],
         logt=RW["logt"],
     shell:
-        "python -m psa_core evaluate-random-walk --root {params.root} --images {input.images}"
+        "exec python -m psa_core evaluate-random-walk --root {params.root} --images {input.images}"
         " --labels {input.labels} --walks {input.walks} --affinities {input.affinities}"
         " --cams {input.cams} --alpha {params.alpha} --alphas {params.alphas}"
         " --beta {params.beta} --logt {params.logt} --out-json {output.metrics}"
@@ -95,7 +95,7 @@ rule export_masks:
         root=DATA_ROOT,
         split=TRAIN_SPLIT,
     shell:
-        "python -m psa_core export-masks --root {params.root} --images {input.images}"
+        "exec python -m psa_core export-masks --root {params.root} --images {input.images}"
         " --split {params.split} --masks {input.masks} --out {output.folder} > {log} 2>&1"
 
 
@@ -121,6 +121,6 @@ rule summarize:
     params:
         splits=spaced(EVAL_SPLITS),
     shell:
-        "python -m psa_core summarize --splits {params.splits} --cam {input.cam}"
+        "exec python -m psa_core summarize --splits {params.splits} --cam {input.cam}"
         " --crf {input.crf} --walk {input.walk} --out-json {output.json}"
         " --out-csv {output.table} > {log} 2>&1"

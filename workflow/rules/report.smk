@@ -28,6 +28,6 @@ rule gallery:
         root=DATA_ROOT,
         size=config["report"]["gallery_size"],
     shell:
-        "python -m psa_core gallery --root {params.root} --images {input.images}"
+        "exec python -m psa_core gallery --root {params.root} --images {input.images}"
         " --labels {input.labels} --cams {input.cams} --crf {input.crf} --masks {input.masks}"
         " --count {params.size} --out {output.picture} > {log} 2>&1"
