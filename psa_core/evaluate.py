@@ -176,16 +176,14 @@ def write_cam_report(
     names = _segmentation_class_names(class_names, result["num_classes"])
     write_json(json_path, {**result, "class_names": names})
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["threshold", "miou", *names])
-    for row in result["thresholds"]:
-        values = [row["miou"], *row["per_class_iou"]]
-        writer.writerow(
-            [_fmt(row["threshold"]), *("" if v is None else f"{v:.6f}" for v in values)]
-        )
-    with atomic_path(csv_path) as tmp:
-        tmp.write_text(buffer.getvalue())
+    _write_csv(
+        csv_path,
+        ["threshold", "miou", *names],
+        (
+            [_fmt(row["threshold"]), *(_cell(v) for v in (row["miou"], *row["per_class_iou"]))]
+            for row in result["thresholds"]
+        ),
+    )
 
     from psa_core.plots import threshold_sweep_plot
 
@@ -297,15 +295,23 @@ def write_crf_label_report(
     """Write a `CrfLabelQuality.result()` as JSON and a two-column CSV (metric, value)."""
     names = _segmentation_class_names(class_names, result["num_classes"])
     write_json(json_path, {**result, "class_names": names})
+    keys = ("fg_precision", "fg_recall", "bg_precision", "bg_recall", "uncertain_fraction")
+    rows = [[key, _cell(result[key])] for key in keys]
+    rows.append(["miou_labelled", _cell(result["miou"])])
+    rows += [
+        [f"iou_{name}", _cell(value)]
+        for name, value in zip(names, result["per_class_iou"], strict=True)
+    ]
+    _write_csv(csv_path, ["metric", "value"], rows)
+
+
+def _write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """One CSV file, written atomically: the header, then the rows."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["metric", "value"])
-    for key in ("fg_precision", "fg_recall", "bg_precision", "bg_recall", "uncertain_fraction"):
-        writer.writerow([key, _cell(result[key])])
-    writer.writerow(["miou_labelled", _cell(result["miou"])])
-    for name, value in zip(names, result["per_class_iou"], strict=True):
-        writer.writerow([f"iou_{name}", _cell(value)])
-    with atomic_path(csv_path) as tmp:
+    writer.writerow(header)
+    writer.writerows(rows)
+    with atomic_path(path) as tmp:
         tmp.write_text(buffer.getvalue())
 
 
@@ -380,14 +386,17 @@ def write_sweep_report(
     """A `SweepConfusion.result()` as JSON and CSV (one row per value: value, mIoU, IoUs)."""
     names = _segmentation_class_names(class_names, result["num_classes"])
     write_json(json_path, {**result, "class_names": names})
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([result["parameter"], "miou", *names])
-    for row in result["sweep"]:
-        values = [row["miou"], *row["per_class_iou"]]
-        writer.writerow([_fmt(row[result["parameter"]]), *(_cell(v) for v in values)])
-    with atomic_path(csv_path) as tmp:
-        tmp.write_text(buffer.getvalue())
+    _write_csv(
+        csv_path,
+        [result["parameter"], "miou", *names],
+        (
+            [
+                _fmt(row[result["parameter"]]),
+                *(_cell(v) for v in (row["miou"], *row["per_class_iou"])),
+            ]
+            for row in result["sweep"]
+        ),
+    )
 
 
 SUMMARY_COLUMNS = ("split", "stage", "setting", "miou", "note")
@@ -448,10 +457,8 @@ def write_summary(
 ) -> None:
     """The summary rows as JSON (a list) and CSV (`SUMMARY_COLUMNS`)."""
     write_json(json_path, list(rows))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(SUMMARY_COLUMNS)
-    for row in rows:
-        writer.writerow([_cell(row[c]) if c == "miou" else row[c] for c in SUMMARY_COLUMNS])
-    with atomic_path(csv_path) as tmp:
-        tmp.write_text(buffer.getvalue())
+    _write_csv(
+        csv_path,
+        SUMMARY_COLUMNS,
+        ([_cell(row[c]) if c == "miou" else row[c] for c in SUMMARY_COLUMNS] for row in rows),
+    )
