@@ -36,6 +36,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/cam.smk"
 include: "workflow/rules/affinity.smk"
 include: "workflow/rules/random_walk.smk"
+include: "workflow/rules/segmentation.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -44,6 +45,7 @@ rule all:
     input:
         rules.summarize.output,
         rules.export_masks.output,
+        rules.train_seg.output.description,
         expand(out("report/gallery-{split}.png"), split=EVAL_SPLITS),
 
 
@@ -52,6 +54,9 @@ onsuccess:
     print(
         f"\nPSA pipeline done. Pseudo masks for a segmentation trainer: {masks} "
         f"(image list: {Path(out('pseudo_masks'), 'ImageSets', 'Segmentation', TRAIN_SPLIT)}.txt)\n"
-        f"Summary (CAM -> CRF labels -> random walk, per split): {out('summary.csv')}\n"
+        f"Segmentation model: {out('seg/model')} "
+        f"(segment new images: psa predict --model {out('seg/model')} --images DIR --out DIR)\n"
+        f"Summary (CAM -> CRF labels -> random walk -> segmentation network, per split): "
+        f"{out('summary.csv')}\n"
         "Report with tables, plots and the gallery: snakemake --report report.html\n"
     )

@@ -1,7 +1,8 @@
 """Training throughput of a PSA network: fp32 vs bf16 autocast with channels_last.
 
-Measures forward + backward + SGD step images/s of the CAM network on random
-data (the PSA setting: ResNet-38 at 448x448, batch 8) in three modes:
+Measures forward + backward + SGD step images/s of a PSA network (`--head`: cam,
+affinity or seg, the segmentation network of train_seg) on random data (the PSA
+setting: ResNet-38 at 448x448, batch 8) in three modes:
 
 - fp32:     float32, TF32 off (the reference's arithmetic);
 - tf32:     float32 storage, TF32 tensor cores for convs / matmuls;
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 
 from psa_core.models import BACKBONES, HEADS, build_model
 from psa_core.optim import param_groups
+from psa_core.segmentation import pixel_cross_entropy
 
 MODES = ("fp32", "tf32", "bf16-cl")
 
@@ -53,6 +55,9 @@ def _loss(out: torch.Tensor, head: str) -> torch.Tensor:
     if head == "cam":
         labels = (torch.rand_like(out, dtype=torch.float32) > 0.5).float()
         return F.multilabel_soft_margin_loss(out.float(), labels)
+    if head == "seg":  # per-pixel cross-entropy against random labels (train_seg's loss)
+        target = torch.randint(0, out.shape[1], (out.shape[0], *out.shape[2:]), device=out.device)
+        return pixel_cross_entropy(out, target)
     # affinity: pull every pair towards 1 (the cost is the same as the real loss)
     return -torch.log(out.float() + 1e-5).mean()
 

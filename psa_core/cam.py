@@ -61,7 +61,7 @@ def multiscale_cam(
         is all zero), absent classes exactly 0. With no present class the
         model is not run and the result is all zero.
     """
-    image = _check_image(image)
+    image = check_image(image)
     present = _check_label(label)
     scales = tuple(float(s) for s in scales)
     if not scales or any(not np.isfinite(s) or s <= 0 for s in scales):
@@ -73,7 +73,7 @@ def multiscale_cam(
     if present_ids.size == 0:
         return cams
 
-    device = _model_device(model)
+    device = model_device(model)
     pil_image = Image.fromarray(image)
     with torch.inference_mode():
         select = torch.as_tensor(present_ids, device=device)
@@ -158,7 +158,8 @@ def top_class(cams: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.n
     return score, lut[best]
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
+def check_image(image: np.ndarray) -> np.ndarray:
+    """`image` as a contiguous (H, W, 3) uint8 RGB array; PsaError for anything else."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise PsaError(
@@ -179,7 +180,8 @@ def _check_label(label: np.ndarray) -> np.ndarray:
     return values == 1
 
 
-def _model_device(model: torch.nn.Module) -> torch.device:
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter (or buffer); CPU for an empty model."""
     for tensor in model.parameters():
         return tensor.device
     for tensor in model.buffers():

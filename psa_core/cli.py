@@ -30,6 +30,9 @@ from psa_core.defaults import (
     RANDOM_WALK,
     RANDOM_WALK_EVALUATE,
     REPORT,
+    SEGMENTATION_DILATION,
+    SEGMENTATION_INFER,
+    SEGMENTATION_TRAIN,
     SYNTHETIC,
     TrainDefaults,
 )
@@ -191,14 +194,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder to create")
 
     p = add(
+        "train-seg",
+        "psa_core.stages.segmentation:train_seg",
+        "train the segmentation network on a split's masks (resumable); writes a model folder",
+    )
+    _data_args(p)
+    p.add_argument("--masks", type=Path, required=True, help="folder of NAME.png training masks")
+    _model_args(p)
+    p.add_argument("--dilation", type=int, default=SEGMENTATION_DILATION, help="head's 3x3 rate")
+    _train_args(p, SEGMENTATION_TRAIN, out="model folder to write (weights.pt, model.json)")
+    _seg_infer_args(p, recorded=False)
+    p.add_argument("--settings", default=None, help="JSON object recorded in model.json")
+    _runtime_args(p)
+
+    p = add(
+        "infer-seg",
+        "psa_core.stages.segmentation:infer_seg",
+        "masks of one shard from a trained segmentation model folder",
+    )
+    p.add_argument("--root", type=Path, required=True, help="dataset folder (VOC layout)")
+    p.add_argument("--images", type=Path, required=True, help="image list from `psa index`")
+    p.add_argument("--model", type=Path, required=True, help="model folder from train-seg")
+    _shard_args(p, required=False)
+    _seg_infer_args(p, recorded=False)
+    p.add_argument("--batch-size", type=int, default=SEGMENTATION_INFER.batch_size)
+    _runtime_args(p)
+    p.add_argument("--out-masks", type=Path, required=True, help="folder of mask PNGs to write")
+
+    p = add(
+        "evaluate-seg",
+        "psa_core.stages.segmentation:evaluate_seg",
+        "mIoU of the segmentation network's masks",
+    )
+    _data_args(p)
+    p.add_argument("--masks", type=Path, nargs="+", required=True, help="mask folders")
+    p.add_argument("--out-json", type=Path, required=True)
+    p.add_argument("--out-csv", type=Path, required=True)
+
+    p = add(
+        "predict",
+        "psa_core.stages.segmentation:predict",
+        "segment any images with a trained model folder (no labels, no Snakemake)",
+    )
+    p.add_argument("--model", type=Path, required=True, help="model folder from train-seg")
+    p.add_argument(
+        "--images", type=Path, required=True, help="a folder of images, a list file or one image"
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for NAME.png masks")
+    p.add_argument(
+        "--overlay",
+        dest="overlay_images",
+        action="store_true",
+        help="also write NAME.jpg: the mask's colours over the image",
+    )
+    _seg_infer_args(p, recorded=True)
+    p.add_argument("--batch-size", type=int, default=SEGMENTATION_INFER.batch_size)
+    _runtime_args(p)
+
+    p = add(
         "summarize",
         "psa_core.stages.random_walk:summarize",
-        "one table of CAM -> CRF labels -> random walk mIoU per split",
+        "one table of CAM -> CRF labels -> random walk (-> segmentation network) mIoU per split",
     )
     p.add_argument("--splits", nargs="+", required=True)
     p.add_argument("--cam", type=Path, nargs="+", required=True, help="CAM evaluations (.json)")
     p.add_argument("--crf", type=Path, nargs="+", required=True, help="CRF evaluations (.json)")
     p.add_argument("--walk", type=Path, nargs="+", required=True, help="walk evaluations (.json)")
+    p.add_argument(
+        "--seg", type=Path, nargs="+", default=None, help="segmentation evaluations (.json)"
+    )
     p.add_argument("--out-json", type=Path, required=True)
     p.add_argument("--out-csv", type=Path, required=True)
 
@@ -211,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cams", type=Path, nargs="+", required=True, help="CAM shards")
     p.add_argument("--crf", type=Path, nargs="+", required=True, help="CRF shards")
     p.add_argument("--masks", type=Path, nargs="+", required=True, help="random-walk mask folders")
+    p.add_argument(
+        "--seg-masks", type=Path, nargs="+", default=None, help="segmentation-network mask folders"
+    )
     p.add_argument("--count", type=int, default=REPORT.gallery_size, help="examples to show")
     p.add_argument("--out", type=Path, required=True, help="picture to write (.png)")
     return parser
@@ -241,12 +308,40 @@ def _model_args(p: argparse.ArgumentParser, weights: str | None = None) -> None:
         )
 
 
-def _shard_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shard", type=int, required=True, help="shard number (0-based)")
-    p.add_argument("--shard-size", type=int, required=True)
+def _shard_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    whole = "" if required else "; without it, every listed image"
+    p.add_argument("--shard", type=int, required=required, help=f"shard number (0-based){whole}")
+    p.add_argument("--shard-size", type=int, required=required)
 
 
-def _train_args(p: argparse.ArgumentParser, defaults: TrainDefaults) -> None:
+def _seg_infer_args(p: argparse.ArgumentParser, recorded: bool) -> None:
+    """Scales, flip and CRF of segmentation inference; `recorded`: default to the model's."""
+    defaults = SEGMENTATION_INFER
+    model = " (default: the model's)" if recorded else ""
+    p.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=None if recorded else defaults.scales,
+        help=f"inference scales, each with its mirror image{model}",
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None if recorded else defaults.flip,
+        help=f"average with the mirror images{model}",
+    )
+    p.add_argument(
+        "--crf",
+        action=argparse.BooleanOptionalAction,
+        default=None if recorded else defaults.crf,
+        help=f"dense-CRF post-processing{model}",
+    )
+
+
+def _train_args(
+    p: argparse.ArgumentParser, defaults: TrainDefaults, out: str = "trained weights to write (.pt)"
+) -> None:
     """The optimiser and augmentation options of a training stage, with its defaults."""
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -279,7 +374,7 @@ def _train_args(p: argparse.ArgumentParser, defaults: TrainDefaults) -> None:
         help="start over when the checkpoint has other settings (default: refuse)",
     )
     p.add_argument("--out-log", type=Path, required=True, help="training log to write (.csv)")
-    p.add_argument("--out", type=Path, required=True, help="trained weights to write (.pt)")
+    p.add_argument("--out", type=Path, required=True, help=out)
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:

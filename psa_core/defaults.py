@@ -57,6 +57,29 @@ AFFINITY_TRAIN = TrainDefaults(batch_size=8, epochs=8, lr=0.1, crop_size=448, re
 """train_affinity (DESIGN.md §1.3); the reference's affinity training does no random resize."""
 
 
+SEGMENTATION_TRAIN = TrainDefaults(
+    batch_size=20, epochs=12, lr=0.001, crop_size=321, resize_long=(256, 512), momentum=0.9
+)
+"""train_seg (DESIGN.md §1.6): DeepLab-LargeFOV's solver (batch 20, lr 1e-3, momentum
+0.9, 321-px crops; 12 epochs of VOC's train_aug ≈ its 6,000 iterations)."""
+
+SEGMENTATION_DILATION = 12
+"""Rate of the segmentation head's 3×3 conv (DeepLab-LargeFOV)."""
+
+
+@dataclass(frozen=True)
+class SegmentationInferDefaults:
+    """Segmentation-network inference (DESIGN.md §1.6): softmax averaged over scales and flips."""
+
+    scales: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
+    flip: bool = True
+    crf: bool = False  # dense-CRF post-processing with the `crf` section's kernels
+    batch_size: int = 4  # images of one size per forward pass
+
+
+SEGMENTATION_INFER = SegmentationInferDefaults()
+
+
 @dataclass(frozen=True)
 class CamInferDefaults:
     """Multi-scale CAM inference (DESIGN.md §1.1)."""

@@ -323,6 +323,58 @@ def _cell(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
+# -- masks of the segmentation network (DESIGN.md §1.6) ------------------------------
+
+
+class MaskQuality:
+    """mIoU of predicted masks against ground truth, summed over images.
+
+    Args:
+        num_classes: segmentation classes, background included (K + 1).
+    """
+
+    def __init__(self, num_classes: int) -> None:
+        if num_classes < 2:
+            raise PsaError(f"num_classes={num_classes}: need background plus at least one class")
+        self.num_classes = num_classes
+        self.num_images = 0
+        self.conf = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        """Count one image: pred (H, W) class indices, gt (H, W) with 255 ignored."""
+        if np.shape(pred) != np.shape(gt):
+            raise PsaError(
+                f"mask is {np.shape(pred)[::-1]} but the ground truth is {np.shape(gt)[::-1]} "
+                "(width, height); rerun inference for this dataset"
+            )
+        self.conf += confusion_matrix(pred, gt, self.num_classes)
+        self.num_images += 1
+
+    def result(self) -> dict[str, Any]:
+        """JSON-ready: num_images, num_classes, miou, per_class_iou."""
+        miou, per_class = iou(self.conf)
+        return {
+            "num_images": self.num_images,
+            "num_classes": self.num_classes,
+            "miou": _json_float(miou),
+            "per_class_iou": [_json_float(v) for v in per_class],
+        }
+
+
+def write_mask_report(
+    result: dict[str, Any],
+    class_names: Sequence[str],
+    json_path: str | os.PathLike,
+    csv_path: str | os.PathLike,
+) -> None:
+    """A `MaskQuality.result()` as JSON and a CSV of (class, iou) rows, mIoU first."""
+    names = _segmentation_class_names(class_names, result["num_classes"])
+    write_json(json_path, {**result, "class_names": names})
+    rows = [["mean", _cell(result["miou"])]]
+    rows += [[n, _cell(v)] for n, v in zip(names, result["per_class_iou"], strict=True)]
+    _write_csv(csv_path, ["class", "iou"], rows)
+
+
 # -- parameter sweeps and the summary (DESIGN.md §1.5) ------------------------------
 
 
@@ -403,11 +455,13 @@ SUMMARY_COLUMNS = ("split", "stage", "setting", "miou", "note")
 
 
 def summary_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The CAM → CRF labels → random walk table: rows of `SUMMARY_COLUMNS` per split.
+    """The CAM → CRF labels → random walk → segmentation network table:
+    rows of `SUMMARY_COLUMNS` per split.
 
     Args:
         results: split → {"cam": evaluate_cams result, "crf": CrfLabelQuality
-            result, "walk": SweepConfusion result of the walk}.
+            result, "walk": SweepConfusion result of the walk, and optionally
+            "seg": MaskQuality result of the segmentation network}.
     """
     rows = []
     for split, stages in results.items():
@@ -449,6 +503,16 @@ def summary_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str
                 "note": "best alpha of the sweep (chosen on ground truth)",
             },
         ]
+        if "seg" in stages:
+            rows.append(
+                {
+                    "split": split,
+                    "stage": "segmentation network",
+                    "setting": "trained on the random-walk masks",
+                    "miou": stages["seg"]["miou"],
+                    "note": "no image-level labels at inference",
+                }
+            )
     return rows
 
 

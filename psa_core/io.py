@@ -8,6 +8,7 @@ complete and never damages a finished one (DESIGN.md §2).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -169,6 +170,15 @@ def write_image(path: str | os.PathLike, image: np.ndarray, quality: int = 95) -
 
 
 # -- weights ----------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_torch(path: str | os.PathLike, obj: Mapping[str, Any]) -> None:

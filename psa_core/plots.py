@@ -35,7 +35,14 @@ DPI = 100
 HEATMAP_CMAP = "jet"
 """Colormap of CAM heatmaps, as in the PSA paper's figures."""
 
-GALLERY_COLUMNS: tuple[str, ...] = ("image", "ground truth", "CAM", "CRF labels", "random walk")
+GALLERY_COLUMNS: tuple[str, ...] = (
+    "image",
+    "ground truth",
+    "CAM",
+    "CRF labels",
+    "random walk",
+    "segmentation network",
+)
 """Default panel titles of `gallery_figure`, left to right."""
 
 _PANEL_WIDTH_IN = 2.0  # inches per gallery column

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
+from psa_core.constants import IGNORE_INDEX
 from psa_core.defaults import CAM_TRAIN
 
 
@@ -408,3 +409,42 @@ class AffinityTrainTransform:
         if self.flip:
             x, scores = random_hflip([x, scores], rng=rng)
         return np.ascontiguousarray(x.transpose(2, 0, 1)), np.ascontiguousarray(scores)
+
+
+@dataclass(frozen=True)
+class SegTrainTransform:
+    """The segmentation network's training augmentation (DESIGN.md §1.6).
+
+    The CAM stage's order, with the mask carried along: random resize of the
+    long side (bicubic image, nearest mask), horizontal flip, colour jitter
+    (image only), normalise, one random crop of both, the image padded with 0
+    (the mean colour) and the mask with `IGNORE_INDEX`.
+    """
+
+    normalization: Normalization
+    crop_size: int = CROP_SIZE
+    resize_long: tuple[int, int] | None = RESIZE_LONG
+    flip: bool = True
+    color_jitter: tuple[float, float, float, float] = COLOR_JITTER
+
+    def __post_init__(self) -> None:
+        CamTrainTransform.__post_init__(self)  # the same checks
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """image: (H, W, 3) uint8 RGB, mask: (H, W) uint8 class indices (255 = ignore)
+        → (3, crop, crop) float32 and (crop, crop) uint8."""
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"mask is {mask.shape} but the image is {image.shape[:2]}")
+        if self.resize_long is not None:
+            image, mask = random_resize_long(
+                [image, mask], *self.resize_long, rng=rng, interpolations=("bicubic", "nearest")
+            )
+        if self.flip:
+            image, mask = random_hflip([image, mask], rng=rng)
+        b, c, s, h = self.color_jitter
+        image = color_jitter(image, rng=rng, brightness=b, contrast=c, saturation=s, hue=h)
+        x = self.normalization.numpy(image).transpose(1, 2, 0)
+        x, mask = random_crop([x, mask], self.crop_size, rng=rng, pad_values=(0.0, IGNORE_INDEX))
+        return np.ascontiguousarray(x.transpose(2, 0, 1)), np.ascontiguousarray(mask)

@@ -36,6 +36,11 @@ def test_help_lists_every_subcommand() -> None:
         "crf-labels",
         "evaluate-crf-labels",
         "train-affinity",
+        "random-walk",
+        "train-seg",
+        "infer-seg",
+        "evaluate-seg",
+        "predict",
     ):
         assert command in proc.stdout
 

@@ -28,6 +28,8 @@ SECTIONS = {
     "affinity": defaults.AFFINITY_TRAIN,
     "random_walk": defaults.RANDOM_WALK,
     "random_walk.evaluate": defaults.RANDOM_WALK_EVALUATE,
+    "segmentation": defaults.SEGMENTATION_TRAIN,
+    "segmentation.infer": defaults.SEGMENTATION_INFER,
     "report": defaults.REPORT,
 }
 
@@ -72,6 +74,11 @@ def test_affinity_radius_default() -> None:
     assert _schema_section("affinity")["radius"]["default"] == defaults.AFFINITY_RADIUS
 
 
+def test_segmentation_dilation_default() -> None:
+    dilation = _schema_section("segmentation")["dilation"]["default"]
+    assert dilation == defaults.SEGMENTATION_DILATION
+
+
 def _subparser(name: str):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
@@ -89,6 +96,8 @@ def _subparser(name: str):
         ("synth", defaults.SYNTHETIC),
         ("random-walk", defaults.RANDOM_WALK),
         ("evaluate-random-walk", defaults.RANDOM_WALK_EVALUATE),
+        ("train-seg", defaults.SEGMENTATION_TRAIN),
+        ("infer-seg", defaults.SEGMENTATION_INFER),
     ],
 )
 def test_cli_defaults_come_from_psa_core_defaults(command: str, home) -> None:

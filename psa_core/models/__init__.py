@@ -1,4 +1,5 @@
-"""Networks of PSA: backbones, the CAM and affinity heads, and weight import (DESIGN.md §3).
+"""Networks of PSA: backbones, the CAM, affinity and segmentation heads, and weight import
+(DESIGN.md §3).
 
     model = build_model("resnet38d", "cam", num_classes=20)
     load_weights(model, "ilsvrc-cls_rna-a1_cls1000_ep-0001.params")
@@ -15,8 +16,17 @@ from typing import Any
 from torch import nn
 
 from psa_core.affinity import DEFAULT_RADIUS
+from psa_core.defaults import SEGMENTATION_DILATION
 from psa_core.errors import PsaError
-from psa_core.models.nets import AffinityHead, AffinityNet, CAMHead, CAMNet, PsaNet
+from psa_core.models.nets import (
+    AffinityHead,
+    AffinityNet,
+    CAMHead,
+    CAMNet,
+    PsaNet,
+    SegHead,
+    SegNet,
+)
 from psa_core.models.resnet38d import resnet38d
 from psa_core.models.tiny import tiny
 from psa_core.models.vgg16d import vgg16d
@@ -29,7 +39,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 }
 """Backbone name → factory; keyword options of the factory are `build_model`'s **backbone_kwargs."""
 
-HEADS = ("cam", "affinity")
+HEADS = ("cam", "affinity", "seg")
 
 # Per (backbone, head) defaults of the reference: VGG's fc6 is dilated by 4 in
 # the affinity network only, and its affinity head adds GroupNorm.
@@ -39,6 +49,9 @@ _BACKBONE_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 _AFFINITY_GROUP_NORM = {"vgg16d"}
 # The published VGG-16 classifier's forward_cam takes sqrt(relu(fc8 · F)).
 _SQRT_CAM = {"vgg16d"}
+# Width of the segmentation head's 3×3 conv: DeepLab-LargeFOV's 1024, and a
+# quarter of that for the small CPU backbone (its conv6 has 128 channels).
+_SEG_HEAD_CHANNELS = {"resnet38d": 1024, "vgg16d": 1024, "tiny": 256}
 
 
 def build_model(
@@ -47,14 +60,17 @@ def build_model(
     num_classes: int = 20,
     *,
     radius: int = DEFAULT_RADIUS,
+    dilation: int = SEGMENTATION_DILATION,
     **backbone_kwargs: Any,
 ) -> PsaNet:
-    """Build a CAM or affinity network on a named backbone.
+    """Build a CAM, affinity or segmentation network on a named backbone.
 
     Args:
         backbone: a key of `BACKBONES` ("resnet38d", "vgg16d", "tiny").
         head: "cam" (a `CAMNet`, K = `num_classes` outputs) or "affinity" (an
-            `AffinityNet` with pair radius `radius`; `num_classes` is unused).
+            `AffinityNet` with pair radius `radius`; `num_classes` is unused) or
+            "seg" (a `SegNet`: K + 1 outputs, the background first, with a
+            3×3 conv of rate `dilation` in its head).
         backbone_kwargs: options of the backbone factory, e.g. `fc6_dilation`
             for vgg16d (default 1 for "cam", 4 for "affinity", as in PSA) or
             `width` for tiny.
@@ -79,6 +95,16 @@ def build_model(
     if head == "cam":
         head_ = CAMHead(net.out_channels["conv6"], num_classes, sqrt_cam=backbone in _SQRT_CAM)
         return CAMNet(net, head_)
+    if head == "seg":
+        if int(dilation) != dilation or dilation < 1:
+            raise PsaError(f"segmentation head dilation {dilation}: use a positive integer")
+        seg_head = SegHead(
+            net.out_channels["conv6"],
+            num_classes + 1,
+            dilation=int(dilation),
+            channels=_SEG_HEAD_CHANNELS.get(backbone, 1024),
+        )
+        return SegNet(net, seg_head)
     return AffinityNet(
         net,
         AffinityHead(net.out_channels, group_norm=backbone in _AFFINITY_GROUP_NORM, radius=radius),
@@ -93,6 +119,8 @@ __all__ = [
     "CAMHead",
     "CAMNet",
     "PsaNet",
+    "SegHead",
+    "SegNet",
     "build_model",
     "load_weights",
 ]

@@ -2,6 +2,8 @@
 
 - `CAMNet(backbone, CAMHead(...))`: image-level logits and class activation maps.
 - `AffinityNet(backbone, AffinityHead(...))`: pair affinities on the stride-8 grid.
+- `SegNet(backbone, SegHead(...))`: the segmentation network trained on the
+  random-walk masks (DESIGN.md §1.6), K + 1 logits per pixel.
 
 A backbone is any module with `forward(x) -> {"conv4", "conv5", "conv6"}`
 (stride 8; "conv6" is the final map), `out_channels` (channels per key),
@@ -153,6 +155,43 @@ class AffinityHead(nn.Module):
         return [self.f8_3, self.f8_4, self.f8_5, self.f9]
 
 
+class SegHead(nn.Module):
+    """DeepLab-LargeFOV's head (DESIGN.md §1.6): a dilated 3×3 conv, ReLU and dropout
+    (`seg6`), then a 1×1 conv to K + 1 classes (`seg8`), at stride 8.
+
+    Args:
+        in_channels: channels of the backbone's "conv6".
+        num_classes: K + 1 (background included).
+        dilation: rate of the 3×3 conv (DeepLab-LargeFOV: 12).
+        channels: width of the 3×3 conv (DeepLab-LargeFOV: 1024).
+        dropout: drop probability after the 3×3 conv.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        dilation: int,
+        channels: int,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.seg6 = nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation)
+        self.seg_drop = nn.Dropout2d(dropout)
+        self.seg8 = nn.Conv2d(channels, num_classes, 1)
+        nn.init.kaiming_normal_(self.seg6.weight, nonlinearity="relu")
+        nn.init.zeros_(self.seg6.bias)
+        nn.init.normal_(self.seg8.weight, std=0.01)  # DeepLab's classifier initialisation
+        nn.init.zeros_(self.seg8.bias)
+
+    def forward(self, feature: Tensor) -> Tensor:
+        """feature: (B, C, h, w) → logits (B, K + 1, h, w) at stride 8."""
+        return self.seg8(self.seg_drop(F.relu(self.seg6(feature))))
+
+    def new_modules(self) -> list[nn.Module]:
+        return [self.seg6, self.seg8]
+
+
 # -- models -------------------------------------------------------------------
 
 
@@ -239,6 +278,31 @@ class AffinityNet(PsaNet):
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, 3, H, W) normalised → pair affinities (B, n_offsets, n_from), see psa_core.affinity."""
         return self.head(self.backbone(x))
+
+
+class SegNet(PsaNet):
+    """Segmentation network: `forward(x)` → logits (B, K + 1, H, W) at the input's size.
+
+    `logits(x)` gives them at stride 8, (B, K + 1, ceil(H/8), ceil(W/8));
+    `forward` upsamples those bilinearly (align_corners=False).
+    """
+
+    head: SegHead
+
+    @property
+    def num_classes(self) -> int:
+        """K + 1: the background and the K classes."""
+        return self.head.seg8.out_channels
+
+    def logits(self, x: Tensor) -> Tensor:
+        """x: (B, 3, H, W) normalised → logits (B, K + 1, h, w) at stride 8."""
+        return self.head(self.backbone(x)["conv6"])
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (B, 3, H, W) normalised → logits (B, K + 1, H, W)."""
+        return F.interpolate(
+            self.logits(x), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
 
 
 # -- flat checkpoint layout ---------------------------------------------------

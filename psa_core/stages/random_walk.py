@@ -271,16 +271,22 @@ def summarize(
     cam: Sequence[Path],
     crf: Sequence[Path],
     walk: Sequence[Path],
+    seg: Sequence[Path] | None,
     out_json: Path,
     out_csv: Path,
 ) -> None:
-    """`psa summarize`: one table of CAM → CRF labels → random walk mIoU per split."""
+    """`psa summarize`: one table of CAM → CRF labels → random walk (→ segmentation
+    network, with `seg`) mIoU per split."""
     from psa_core.evaluate import summary_rows, write_summary
 
-    if not len(splits) == len(cam) == len(crf) == len(walk):
-        raise PsaError("summarize: give one CAM, CRF and random-walk result per split")
+    if not len(splits) == len(cam) == len(crf) == len(walk) == len(seg or splits):
+        raise PsaError(
+            "summarize: give one CAM, CRF, random-walk (and segmentation) result per split"
+        )
     results = {
         split: {"cam": io.read_json(a), "crf": io.read_json(b), "walk": io.read_json(c)}
         for split, a, b, c in zip(splits, cam, crf, walk, strict=True)
     }
+    for split, path in zip(splits, seg or [], strict=False):
+        results[split]["seg"] = io.read_json(path)
     write_summary(summary_rows(results), out_json, out_csv)

@@ -34,25 +34,24 @@ def gallery(
     cams: Sequence[Path],
     crf: Sequence[Path],
     masks: Sequence[Path],
+    seg_masks: Sequence[Path] | None,
     count: int,
     out: Path,
 ) -> None:
-    """`psa gallery`: image, ground truth, CAM, CRF labels and random-walk mask side by side."""
+    """`psa gallery`: image, ground truth, CAM, CRF labels, random-walk mask (and, with
+    `seg_masks`, the segmentation network's mask) side by side."""
     from psa_core.affinity import crf_label_map
     from psa_core.data import gt_mask_path, image_path, read_labels
-    from psa_core.plots import gallery_figure
+    from psa_core.plots import GALLERY_COLUMNS, gallery_figure
 
     classes, _ = read_labels(labels)
     names = pick_examples(io.read_lines(images), count)
     cam_where = shard_index(cams, names, "CAM")
     crf_where = shard_index(crf, names, "CRF")
-    mask_files = {p.stem: p for folder in masks for p in Path(folder).glob("*.png")}
+    mask_files = _mask_files(masks, names, "random_walk")
+    seg_files = _mask_files(seg_masks, names, "infer_seg") if seg_masks else {}
     rows = []
     for name in names:
-        if name not in mask_files:
-            raise PsaError(
-                f"no random-walk mask for '{name}' in the mask folders; rerun random_walk"
-            )
         cam_maps, _ = io.read_score(cam_where[name], name)
         stack, class_ids = io.read_score(crf_where[name], name)
         height, width = cam_maps.shape[1:]
@@ -63,9 +62,21 @@ def gallery(
             "CRF labels": crf_label_map(stack[LOW], stack[HIGH], class_ids),
             "random walk": io.read_mask(mask_files[name]),
         }
+        if seg_files:
+            row["segmentation network"] = io.read_mask(seg_files[name])
         gt_file = gt_mask_path(root, name)
         if gt_file is not None:
             row["ground truth"] = io.read_mask(gt_file)
         rows.append(row)
-    gallery_figure(rows, classes, out)
+    columns = GALLERY_COLUMNS if seg_files else GALLERY_COLUMNS[:-1]
+    gallery_figure(rows, classes, out, columns=columns)
     log.info("gallery of %d images written to %s", len(rows), out)
+
+
+def _mask_files(folders: Sequence[Path], names: Sequence[str], rule: str) -> dict[str, Path]:
+    """name → its NAME.png in the folders; PsaError naming the first listed image without one."""
+    files = {p.stem: p for folder in folders for p in Path(folder).glob("*.png")}
+    missing = [n for n in names if n not in files]
+    if missing:
+        raise PsaError(f"no mask for '{missing[0]}' in the {rule} mask folders; rerun {rule}")
+    return files

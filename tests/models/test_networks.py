@@ -133,6 +133,8 @@ def test_train_step_shapes_gradients_and_freezing(backbone, head, cached_model):
     out = model(_input(backbone))
     if head == "cam":
         assert out.shape == (batch, NUM_CLASSES)
+    elif head == "seg":
+        assert out.shape == (batch, NUM_CLASSES + 1, *_shape(backbone)[1:])
     else:
         assert out.shape == (batch, 34, (rows - 4) * (cols - 8))
         assert (out > 0).all() and (out <= 1).all()
@@ -189,6 +191,51 @@ def test_vgg_fc6_dilation_defaults_follow_the_reference():
     assert build_model("vgg16d", "cam").backbone.fc6.dilation == (1, 1)
     assert build_model("vgg16d", "affinity").backbone.fc6.dilation == (4, 4)
     assert build_model("vgg16d", "cam", fc6_dilation=12).backbone.fc6.dilation == (12, 12)
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_segmentation_head_is_stride_8_and_upsamples_bilinearly(backbone, cached_model):
+    """logits at stride 8 with K + 1 channels; forward = their bilinear upsampling."""
+    model = cached_model(backbone, "seg").eval()
+    x = _input(backbone)
+    with torch.no_grad():
+        logits = model.logits(x)
+        out = model(x)
+    assert logits.shape == (x.shape[0], NUM_CLASSES + 1, *_grid(backbone))
+    assert model.num_classes == NUM_CLASSES + 1
+    expected = torch.nn.functional.interpolate(
+        logits, size=x.shape[-2:], mode="bilinear", align_corners=False
+    )
+    torch.testing.assert_close(out, expected)
+    assert torch.isfinite(out).all()
+
+
+def test_segmentation_head_layout_and_dilation():
+    """DeepLab-LargeFOV: dilated 3x3 conv, ReLU, dropout, 1x1 conv; the rate is an option."""
+    model = build_model("tiny", "seg", num_classes=3, dilation=5)
+    head = model.head
+    assert head.seg6.kernel_size == (3, 3) and head.seg6.dilation == (5, 5)
+    assert head.seg6.padding == (5, 5)  # the stride-8 grid keeps its size
+    assert head.seg8.kernel_size == (1, 1) and head.seg8.out_channels == 4
+    assert isinstance(head.seg_drop, torch.nn.Dropout2d)
+    assert model.new_modules() == [head.seg6, head.seg8]
+    assert build_model("tiny", "seg").head.seg6.dilation == (12, 12)  # DeepLab's default
+    keys = set(model.state_dict())
+    assert {"seg6.weight", "seg6.bias", "seg8.weight", "seg8.bias"} <= keys  # flat layout
+    with pytest.raises(PsaError, match="dilation 0"):
+        build_model("tiny", "seg", dilation=0)
+
+
+def test_segmentation_head_dropout_only_in_training():
+    model = build_model("tiny", "seg", num_classes=2)
+    x = _input("tiny")
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model.logits(x), model.logits(x))
+    model.train()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert not torch.equal(model.logits(x), model.logits(x))
 
 
 def test_affinity_radius_option():

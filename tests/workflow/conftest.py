@@ -38,6 +38,15 @@ TINY_CONFIG = {
     # 72 px = 9 x 9 stride-8 cells, the smallest crop that holds radius-5 pairs
     "affinity": {"batch_size": 4, "epochs": 1, "lr": 0.01, "crop_size": 72},
     "random_walk": {"logt": 4, "evaluate": {"alphas": [8, 16]}},
+    "segmentation": {
+        "batch_size": 4,
+        "epochs": 1,
+        "lr": 0.01,
+        "dilation": 2,
+        "crop_size": 48,
+        "resize_long": [48, 64],
+        "infer": {"scales": [1.0, 0.5]},
+    },
     "report": {"gallery_size": 3},
 }
 

@@ -7,6 +7,8 @@ import csv
 import json
 import re
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -41,6 +43,9 @@ def test_default_config_dry_run(tmp_path: Path) -> None:
         "export_masks",
         "summarize",
         "gallery",
+        "train_seg",
+        "infer_seg",
+        "evaluate_seg",
     ):
         assert rule in proc.stdout, proc.stdout
 
@@ -103,12 +108,38 @@ def test_full_run_then_incremental_rebuild(tiny_workdir: Path) -> None:
     summary = list(csv.DictReader((results / "summary.csv").open()))
     stages = [(row["split"], row["stage"]) for row in summary]
     for split in ("train", "val"):
-        for stage in ("CAM", "CRF labels", "random walk"):
+        for stage in ("CAM", "CRF labels", "random walk", "segmentation network"):
             assert (split, stage) in stages
     assert "pseudo_masks" in proc.stdout + proc.stderr  # the closing message says where
     for split in ("train", "val"):
         with Image.open(results / f"report/gallery-{split}.png") as picture:
             assert picture.width > 500 and picture.height > 100
+
+    # The segmentation network: a model folder, masks per shard, an evaluation, and
+    # `psa predict` on a folder of new images gives infer_seg's masks.
+    description = json.loads((results / "seg/model/model.json").read_text())
+    assert description["classes"][0] == "background" and description["backbone"] == "tiny"
+    assert description["settings"]["pipeline"]["random_walk"]["beta"] == 8
+    seg = json.loads((results / "seg/eval/val.json").read_text())
+    assert seg["num_images"] == 8 and 0.0 <= seg["miou"] <= 1.0
+    val_names = (results / "index/val/images.txt").read_text().split()
+    images = tiny_workdir / "new_images"
+    images.mkdir()
+    for name in val_names:
+        shutil.copy(results / f"synthetic/JPEGImages/{name}.jpg", images)
+    predicted = tiny_workdir / "predicted"
+    subprocess.run(
+        [sys.executable, "-m", "psa_core", "predict", "--model", str(results / "seg/model"),
+         "--images", str(images), "--out", str(predicted), "--device", "cpu"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    for name in val_names:
+        with Image.open(predicted / f"{name}.png") as mask:
+            assert mask.mode == "P"
+            assert np.array_equal(
+                np.asarray(mask),
+                np.asarray(Image.open(results / f"seg/val/masks/shard-000/{name}.png")),
+            )
 
     # The report holds the gallery and the evaluation plots.
     run_snakemake(tiny_workdir, "--report", "report.zip")

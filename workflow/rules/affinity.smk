@@ -70,7 +70,7 @@ rule evaluate_crf_labels:
 
 rule train_affinity:
     input:
-        init=affinity_init_weights,
+        init=stage_init_weights("affinity"),
         crf=expand(
             out("crf/{split}/shard-{shard}.h5"), split=TRAIN_SPLIT, shard=shard_ids(TRAIN_SPLIT)
         ),
@@ -91,7 +91,7 @@ rule train_affinity:
         root=DATA_ROOT,
         checkpoint=out("affinity/train_checkpoint.pt"),
         backbone=BACKBONE,
-        init=affinity_init_option,
+        init=stage_init_option("affinity"),
         epochs=AFF["epochs"],
         batch_size=AFF["batch_size"],
         lr=AFF["lr"],

@@ -104,27 +104,31 @@ def init_weights(wildcards):
     return [config["cam"]["init_weights"]] if config["cam"]["init_weights"] else []
 
 
-AFFINITY_INIT_FROM_CAM = "cam"
-"""affinity.init_weights value: start AffinityNet's backbone from the trained CAM network."""
+INIT_FROM_CAM = "cam"
+"""init_weights value of affinity / segmentation: start from the trained CAM network's backbone."""
 
 
-def affinity_init_path():
-    """AffinityNet's initial weights file (the CAM weights for "cam"), or None."""
-    init = config["affinity"]["init_weights"]
-    if init == AFFINITY_INIT_FROM_CAM:
+def stage_init_path(section):
+    """The initial weights file of a training section (the CAM weights for "cam"), or None."""
+    init = config[section]["init_weights"]
+    if init == INIT_FROM_CAM:
         return out("cam/weights.pt")
     return init
 
 
-def affinity_init_weights(wildcards):
-    """AffinityNet's initial weights as an input, or nothing."""
-    path = affinity_init_path()
-    return [path] if path else []
+def stage_init_weights(section):
+    """An input function: the section's initial weights as an input, or nothing."""
+
+    def init_weights(wildcards):
+        path = stage_init_path(section)
+        return [path] if path else []
+
+    return init_weights
 
 
-def affinity_init_option(wildcards):
-    """The --init option of `psa train-affinity`."""
-    return option("--init", affinity_init_path())
+def stage_init_option(section):
+    """The --init option of a training command for the section."""
+    return option("--init", stage_init_path(section))
 
 
 def option(flag, value):

@@ -104,6 +104,7 @@ rule summarize:
         cam=expand(out("cam/eval/{split}.json"), split=EVAL_SPLITS),
         crf=expand(out("crf/eval/{split}.json"), split=EVAL_SPLITS),
         walk=expand(out("rw/eval/{split}.json"), split=EVAL_SPLITS),
+        seg=expand(out("seg/eval/{split}.json"), split=EVAL_SPLITS),
     output:
         json=out("summary.json"),
         table=report(
@@ -122,5 +123,5 @@ rule summarize:
         splits=spaced(EVAL_SPLITS),
     shell:
         "exec python -m psa_core summarize --splits {params.splits} --cam {input.cam}"
-        " --crf {input.crf} --walk {input.walk} --out-json {output.json}"
+        " --crf {input.crf} --walk {input.walk} --seg {input.seg} --out-json {output.json}"
         " --out-csv {output.table} > {log} 2>&1"

@@ -7,6 +7,7 @@ rule gallery:
         cams=cam_shards,
         crf=crf_shards,
         masks=shards_of("rw/{split}/masks/shard-{shard}"),
+        seg_masks=shards_of("seg/{split}/masks/shard-{shard}"),
         dataset=dataset_input,
         images=out("index/{split}/images.txt"),
         labels=out("index/{split}/labels.json"),
@@ -30,4 +31,5 @@ rule gallery:
     shell:
         "exec python -m psa_core gallery --root {params.root} --images {input.images}"
         " --labels {input.labels} --cams {input.cams} --crf {input.crf} --masks {input.masks}"
+        " --seg-masks {input.seg_masks}"
         " --count {params.size} --out {output.picture} > {log} 2>&1"

@@ -1,0 +1,276 @@
+"""The segmentation network at work (DESIGN.md §1.6): its loss, multi-scale inference,
+and the model folder that `psa predict` reads.
+
+The model contract is `psa_core.models.SegNet`: `model.normalization` maps a
+(B, 3, H, W) float RGB tensor in [0, 255] to the network input and
+`model.logits(x)` returns (B, K + 1, h, w) logits at stride 8, background first.
+
+A model folder (what `train_seg` writes, what a user takes away) holds
+`weights.pt` (the state dict) and `model.json`, which describes it: the format
+tag `MODEL_FORMAT`, backbone and head dilation, the class names (background
+first), the input normalisation, the inference defaults (scales, flip, CRF),
+the weights' SHA-256, the psa_core version and the settings that made it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from psa_core import __version__, io
+from psa_core.cam import check_image, model_device
+from psa_core.constants import IGNORE_INDEX, voc_palette
+from psa_core.defaults import SEGMENTATION_INFER
+from psa_core.errors import PsaError
+
+MODEL_FORMAT = "psa-seg-model/1"
+"""Tag of the model folder layout; a folder with another tag is refused."""
+
+MODEL_FILE = "model.json"
+WEIGHTS_FILE = "weights.pt"
+
+OVERLAY_ALPHA = 0.5
+"""Weight of the class colour in an overlay (background pixels keep the image)."""
+
+
+# -- training loss --------------------------------------------------------------
+
+
+def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the pixels whose label is not `IGNORE_INDEX` (255).
+
+    Args:
+        logits: (B, K + 1, H, W) float.
+        target: (B, H, W) integer class indices, 255 = ignore.
+
+    Returns:
+        A scalar: sum over labelled pixels of −log softmax(logits)[label],
+        divided by their number; 0 (with a gradient) when every pixel is
+        ignored, where `F.cross_entropy`'s mean would be NaN.
+    """
+    target = target.long()
+    total = F.cross_entropy(logits.float(), target, ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / (target != IGNORE_INDEX).sum().clamp(min=1)
+
+
+# -- inference ------------------------------------------------------------------
+
+
+def multiscale_softmax(
+    model: torch.nn.Module,
+    images: Sequence[np.ndarray],
+    scales: Sequence[float] = SEGMENTATION_INFER.scales,
+    *,
+    flip: bool = SEGMENTATION_INFER.flip,
+    amp_dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """Class probabilities averaged over scales and flips, for images of one size.
+
+    For every scale s each image is resized with PIL bicubic to
+    (round(W·s), round(H·s)) (as `psa_core.cam.multiscale_cam` does); it and,
+    with `flip`, its mirror image go through `model.logits` together. Each
+    view's logits are resized bilinearly (align_corners=False) to (H, W), the
+    mirrored ones are mirrored back, softmax is taken over the classes, and
+    the probabilities are averaged over all views.
+
+    The model's train/eval mode is left as it is: call `model.eval()` first.
+
+    Args:
+        model: a `SegNet` (see the module docstring), on any device.
+        images: N (H, W, 3) uint8 RGB images, all of the same size.
+        scales: positive scale factors.
+        flip: add the mirror image of every view.
+        amp_dtype: autocast dtype of the forward passes; the fusion is float32.
+
+    Returns:
+        (N, K + 1, H, W) float32; each pixel's probabilities sum to 1.
+    """
+    if not len(images):
+        raise PsaError("multiscale_softmax: no images")
+    images = [check_image(image) for image in images]
+    height, width = images[0].shape[:2]
+    if any(image.shape[:2] != (height, width) for image in images):
+        raise PsaError("multiscale_softmax: images of one call must share one size")
+    scales = tuple(float(s) for s in scales)
+    if not scales or any(not np.isfinite(s) or s <= 0 for s in scales):
+        raise PsaError(f"segmentation scales {scales}: need at least one positive, finite scale")
+    device = model_device(model)
+    pil_images = [Image.fromarray(image) for image in images]
+    n = len(images)
+    total = None
+    with torch.inference_mode():
+        for scale in scales:
+            size = (max(1, round(width * scale)), max(1, round(height * scale)))
+            scaled = [
+                np.asarray(img.resize(size, resample=Image.Resampling.BICUBIC))
+                for img in pil_images
+            ]
+            x = torch.from_numpy(np.stack(scaled).transpose(0, 3, 1, 2).copy()).to(device)
+            if flip:
+                x = torch.cat((x, x.flip(-1)))
+            x = model.normalization(x.float())
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model.logits(x)
+            logits = F.interpolate(
+                logits.float(), size=(height, width), mode="bilinear", align_corners=False
+            )
+            probs = logits.softmax(dim=1)
+            views = probs[:n] + probs[n:].flip(-1) if flip else probs[:n]
+            total = views if total is None else total + views
+        total = total / (len(scales) * (2 if flip else 1))
+    return total.cpu().numpy()
+
+
+def size_batches(images: Sequence[np.ndarray], batch_size: int) -> Iterator[list[int]]:
+    """Indices of runs of consecutive images of one size, at most `batch_size` long.
+
+    `multiscale_softmax` takes one size per call; a list sorted by size
+    batches best, any order gives the same probabilities.
+    """
+    if batch_size < 1:
+        raise PsaError(f"batch size {batch_size}: must be at least 1")
+    batch: list[int] = []
+    for index, image in enumerate(images):
+        if batch and (len(batch) == batch_size or image.shape != images[batch[0]].shape):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch
+
+
+def probs_to_mask(probs: np.ndarray) -> np.ndarray:
+    """(C, H, W) probabilities → (H, W) uint8 class indices (first maximum on ties)."""
+    return np.asarray(probs).argmax(axis=0).astype(np.uint8)
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """The mask's VOC colours blended into the image (background and 255 keep the image).
+
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
+    palette = np.asarray(voc_palette(), dtype=np.float32).reshape(256, 3)
+    colour = palette[np.asarray(mask, dtype=np.uint8)]
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * colour
+    shown = (mask != 0) & (mask != IGNORE_INDEX)
+    out = np.where(shown[..., None], blended, image.astype(np.float32))
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+# -- the model folder -------------------------------------------------------------
+
+
+def write_model_description(
+    folder: str | os.PathLike,
+    *,
+    backbone: str,
+    dilation: int,
+    classes: Sequence[str],
+    normalization: Any,
+    scales: Sequence[float],
+    flip: bool,
+    crf: bool,
+    settings: Mapping[str, Any],
+) -> Path:
+    """Write `folder/model.json` for the weights already at `folder/weights.pt`.
+
+    Args:
+        classes: the K foreground class names (the file lists background first).
+        normalization: the model's `psa_core.transforms.Normalization`.
+        settings: what made the model (training options, upstream config).
+    """
+    folder = Path(folder)
+    description = {
+        "format": MODEL_FORMAT,
+        "psa_core_version": __version__,
+        "backbone": backbone,
+        "head": {"kind": "deeplab-largefov", "dilation": int(dilation)},
+        "classes": ["background", *classes],
+        "input": {
+            "colour": "RGB, uint8 0-255",
+            "mean": list(normalization.mean),
+            "std": list(normalization.std),
+            "bgr": bool(normalization.bgr),
+        },
+        "inference": {"scales": [float(s) for s in scales], "flip": bool(flip), "crf": bool(crf)},
+        "weights": {"file": WEIGHTS_FILE, "sha256": io.file_sha256(folder / WEIGHTS_FILE)},
+        "settings": dict(settings),
+    }
+    path = folder / MODEL_FILE
+    io.write_json(path, description)
+    return path
+
+
+def read_model_description(folder: str | os.PathLike) -> dict[str, Any]:
+    """`folder/model.json`, checked to be a model folder of this format."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PsaError(f"{folder}: model folder not found; pass the folder train_seg wrote")
+    path = folder / MODEL_FILE
+    if not path.is_file():
+        raise PsaError(
+            f"{folder}: not a segmentation model folder (no {MODEL_FILE}); pass the folder "
+            "train_seg wrote (<output_dir>/seg/model)"
+        )
+    description = io.read_json(path)
+    found = description.get("format") if isinstance(description, dict) else None
+    if found != MODEL_FORMAT:
+        version = description.get("psa_core_version", "?") if isinstance(description, dict) else "?"
+        raise PsaError(
+            f"{path}: model format '{found}' (psa_core {version}), but this psa_core "
+            f"{__version__} reads '{MODEL_FORMAT}'; use the psa_core version that wrote it or "
+            "retrain the model"
+        )
+    for key in ("backbone", "head", "classes", "input", "inference", "weights"):
+        if key not in description:
+            raise PsaError(f"{path}: key '{key}' missing; the file is damaged, retrain the model")
+    return description
+
+
+def load_model_folder(
+    folder: str | os.PathLike, device: str = "auto"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The segmentation model of a model folder, in eval mode on `device`, and its description.
+
+    The weights must match the recorded SHA-256 and load strictly; the
+    recorded input normalisation must be the backbone's.
+    """
+    from psa_core.stages.common import load_trained_model
+    from psa_core.transforms import Normalization
+
+    folder = Path(folder)
+    description = read_model_description(folder)
+    weights = folder / description["weights"]["file"]
+    if not weights.is_file():
+        raise PsaError(f"{weights}: weights file not found; copy the whole model folder")
+    if io.file_sha256(weights) != description["weights"]["sha256"]:
+        raise PsaError(
+            f"{weights}: does not match the SHA-256 in {folder / MODEL_FILE}; the folder mixes "
+            "files of two models: copy the folder train_seg wrote as a whole"
+        )
+    model = load_trained_model(
+        weights,
+        description["backbone"],
+        "seg",
+        len(description["classes"]) - 1,
+        device,
+        dilation=description["head"]["dilation"],
+    )
+    recorded = description["input"]
+    normalization = Normalization(
+        mean=tuple(recorded["mean"]), std=tuple(recorded["std"]), bgr=recorded["bgr"]
+    )
+    if normalization != model.normalization:
+        raise PsaError(
+            f"{folder / MODEL_FILE}: input normalisation {normalization} differs from the "
+            f"{description['backbone']} backbone's {model.normalization}; the file is damaged"
+        )
+    return model, description

@@ -1,0 +1,143 @@
+"""The segmentation stage through the `psa` command line: train-seg writes a model folder,
+infer-seg and predict segment with it and agree, bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from psa_core import io
+from psa_core.data import write_labels
+from psa_core.segmentation import MODEL_FILE, WEIGHTS_FILE
+from tests.test_cli import CLASSES, psa
+from tests.train_helpers import COLOURS, write_dataset
+
+
+def _masks_from_colours(root: Path, names: list[str]) -> Path:
+    """Training masks: the class of each pixel whose colour is a class colour (else 0)."""
+    folder = root / "masks"
+    folder.mkdir()
+    for name in names:
+        image = io.read_image(root / "JPEGImages" / f"{name}.jpg").astype(int)
+        mask = np.zeros(image.shape[:2], dtype=np.uint8)
+        for index, colour in enumerate(COLOURS, start=1):
+            mask[np.abs(image - colour).sum(axis=2) < 60] = index
+        mask[0, :] = 255  # an ignored row
+        io.write_mask(folder / f"{name}.png", mask)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A model folder from a real `psa train-seg` (2 epochs on 8 small images)."""
+    tmp = tmp_path_factory.mktemp("seg")
+    root = tmp / "data"
+    names, labels = write_dataset(root, n=8, sizes=(40, 56))
+    write_labels(tmp / "labels.json", CLASSES, labels)
+    (tmp / "images.txt").write_text("\n".join(names) + "\n")
+    masks = _masks_from_colours(root, names)
+    model = tmp / "model"
+    proc = psa(
+        "train-seg", "--root", str(root), "--images", str(tmp / "images.txt"),
+        "--labels", str(tmp / "labels.json"), "--masks", str(masks), "--backbone", "tiny",
+        "--dilation", "2", "--epochs", "2", "--batch-size", "4", "--lr", "0.01",
+        "--momentum", "0.9", "--crop-size", "48", "--resize-long", "40", "56",
+        "--scales", "1.0", "0.5", "--no-crf", "--settings", '{"pipeline": {"seed": 0}}',
+        "--device", "cpu", "--checkpoint", str(tmp / "ckpt.pt"),
+        "--out-log", str(tmp / "log.csv"), "--out", str(model),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return {"tmp": tmp, "root": root, "model": model, "images": tmp / "images.txt"}
+
+
+def test_train_seg_writes_a_described_model_folder(trained) -> None:
+    model = trained["model"]
+    assert sorted(p.name for p in model.iterdir()) == sorted([MODEL_FILE, WEIGHTS_FILE])
+    description = json.loads((model / MODEL_FILE).read_text())
+    assert description["backbone"] == "tiny" and description["head"]["dilation"] == 2
+    assert description["classes"] == ["background", *CLASSES]
+    assert description["inference"] == {"scales": [1.0, 0.5], "flip": True, "crf": False}
+    assert description["settings"]["pipeline"] == {"seed": 0}
+    assert description["settings"]["training"]["epochs"] == 2
+    assert not (trained["tmp"] / "ckpt.pt").exists()
+    log = (trained["tmp"] / "log.csv").read_text().splitlines()
+    assert log[0].startswith("step,epoch,phase,loss")
+
+
+def test_predict_agrees_with_infer_seg(trained, tmp_path: Path) -> None:
+    """`psa predict` on a folder (no labels) gives infer-seg's masks, sizes and palette."""
+    root = trained["root"]
+    shard = tmp_path / "shard"
+    proc = psa(
+        "infer-seg", "--root", str(root), "--images", str(trained["images"]),
+        "--model", str(trained["model"]), "--shard", "1", "--shard-size", "5",
+        "--scales", "1.0", "0.5", "--batch-size", "2", "--device", "cpu",
+        "--out-masks", str(shard),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    names = trained["images"].read_text().split()
+    assert sorted(p.stem for p in shard.glob("*.png")) == names[5:]
+
+    folder = tmp_path / "new_images"
+    folder.mkdir()
+    for name in names[5:]:
+        shutil.copy(root / "JPEGImages" / f"{name}.jpg", folder)
+    out = tmp_path / "predicted"
+    proc = psa(
+        "predict", "--model", str(trained["model"]), "--images", str(folder),
+        "--out", str(out), "--overlay", "--batch-size", "3", "--device", "cpu",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for name in names[5:]:
+        with Image.open(out / f"{name}.png") as mask, Image.open(folder / f"{name}.jpg") as img:
+            assert mask.mode == "P" and mask.size == img.size
+            assert mask.getpalette()[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]
+        predicted = io.read_mask(out / f"{name}.png")
+        assert predicted.max() <= len(CLASSES)
+        np.testing.assert_array_equal(predicted, io.read_mask(shard / f"{name}.png"))
+        with Image.open(out / f"{name}.jpg") as overlay:
+            assert overlay.size == img.size and overlay.mode == "RGB"
+
+    # one image, and a list file, give the same masks
+    single = tmp_path / "single"
+    one = folder / f"{names[5]}.jpg"
+    assert psa("predict", "--model", str(trained["model"]), "--images", str(one),
+               "--out", str(single), "--device", "cpu").returncode == 0  # fmt: skip
+    np.testing.assert_array_equal(
+        io.read_mask(single / f"{names[5]}.png"), io.read_mask(out / f"{names[5]}.png")
+    )
+
+
+def test_predict_bad_input_is_one_line(trained, tmp_path: Path) -> None:
+    model = str(trained["model"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = psa("predict", "--model", model, "--images", str(empty), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "no images in this folder" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and str(empty) in proc.stderr
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bad.jpg").write_bytes(b"not a jpeg")
+    proc = psa("predict", "--model", model, "--images", str(broken), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "bad.jpg: cannot decode image" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    old = tmp_path / "old_model"
+    shutil.copytree(trained["model"], old)
+    description = json.loads((old / MODEL_FILE).read_text())
+    description["format"] = "psa-seg-model/0"
+    (old / MODEL_FILE).write_text(json.dumps(description))
+    image = next((trained["root"] / "JPEGImages").glob("*.jpg"))
+    proc = psa("predict", "--model", str(old), "--images", str(image), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "model format 'psa-seg-model/0'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    proc = psa("predict", "--model", str(tmp_path / "nope"), "--images", str(image),
+               "--out", str(tmp_path / "o"))  # fmt: skip
+    assert proc.returncode == 2 and "model folder not found" in proc.stderr
