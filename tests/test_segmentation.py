@@ -262,3 +262,20 @@ def test_model_folder_errors_are_one_line(tmp_path, model) -> None:
     io.save_torch(folder / WEIGHTS_FILE, other.state_dict())
     with pytest.raises(PsaError, match="SHA-256"):
         load_model_folder(folder)
+
+
+def test_segmentation_network_starts_from_the_cam_network(tmp_path) -> None:
+    """init_weights "cam": the backbone comes from the trained classifier, the head is new."""
+    import logging
+
+    from psa_core.stages.common import init_model
+
+    torch.manual_seed(1)
+    cam = build_model("tiny", "cam", num_classes=NUM_CLASSES)
+    io.save_torch(tmp_path / "cam.pt", cam.state_dict())
+    seg = init_model("tiny", "seg", NUM_CLASSES, tmp_path / "cam.pt", 0, logging.getLogger("t"))
+    for key, value in cam.backbone.state_dict().items():
+        assert torch.equal(seg.backbone.state_dict()[key], value), key
+    fresh = init_model("tiny", "seg", NUM_CLASSES, None, 0, logging.getLogger("t"))
+    assert torch.equal(seg.head.seg8.weight, fresh.head.seg8.weight)  # same seed, new head
+    assert not torch.equal(seg.backbone.stem[0][0].weight, fresh.backbone.stem[0][0].weight)

@@ -1,4 +1,6 @@
 # Helpers shared by every stage: config validation, paths, shard lists.
+import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -181,6 +183,34 @@ def val_options(wildcards, input):
 CRF = config["crf"]
 AFF = config["affinity"]
 RW = config["random_walk"]
+
+
+def model_settings():
+    """The settings that made the segmentation model, for its model.json (quoted JSON)."""
+    upstream = {
+        "dataset": {k: DATASET[k] for k in ("kind", "root", "classes", "train_split")},
+        "model": config["model"],
+        "seed": config["seed"],
+        "amp": config["amp"],
+        "cam": {k: v for k, v in config["cam"].items() if k != "evaluate"},
+        "crf": {k: v for k, v in CRF.items() if k != "workers"},
+        "affinity": AFF,
+        "random_walk": {k: v for k, v in RW.items() if k != "evaluate"},
+    }
+    if SYNTHETIC:
+        upstream["synthetic"] = config["synthetic"]
+    return shlex.quote(json.dumps({"pipeline": upstream}, sort_keys=True))
+
+
+def flag(name, value):
+    """`--name` or `--no-name` for a boolean option."""
+    return f"--{name}" if value else f"--no-{name}"
+
+
+def weights_folder(wildcards, input=None, output=None):
+    """The folder of the job's `weights` file (a model folder: weights.pt + model.json)."""
+    files = output if output is not None and "weights" in output.keys() else input
+    return str(Path(files.weights).parent)
 
 
 for _split in all_splits():

@@ -1,33 +1,8 @@
 # Segmentation stage (DESIGN.md §1.6): a DeepLab-LargeFOV-style network trained on
 # the exported random-walk masks; its masks of the evaluation splits per shard,
 # and their evaluation. The model folder is what `psa predict` reads.
-import json
-import shlex
-
 SEG = config["segmentation"]
 SEG_INFER = SEG["infer"]
-
-
-def model_settings():
-    """The settings that made the segmentation model, for its model.json (quoted JSON)."""
-    upstream = {
-        "dataset": {k: DATASET[k] for k in ("kind", "root", "classes", "train_split")},
-        "model": config["model"],
-        "seed": config["seed"],
-        "amp": config["amp"],
-        "cam": {k: v for k, v in config["cam"].items() if k != "evaluate"},
-        "crf": {k: v for k, v in CRF.items() if k != "workers"},
-        "affinity": AFF,
-        "random_walk": {k: v for k, v in RW.items() if k != "evaluate"},
-    }
-    if SYNTHETIC:
-        upstream["synthetic"] = config["synthetic"]
-    return shlex.quote(json.dumps({"pipeline": upstream}, sort_keys=True))
-
-
-def flag(name, value):
-    """`--name` or `--no-name` for a boolean option."""
-    return f"--{name}" if value else f"--no-{name}"
 
 
 rule train_seg:
@@ -51,7 +26,7 @@ rule train_seg:
     params:
         root=DATA_ROOT,
         masks=out("pseudo_masks/SegmentationClassAug"),
-        model=out("seg/model"),
+        model=weights_folder,
         checkpoint=out("seg/train_checkpoint.pt"),
         backbone=BACKBONE,
         init=stage_init_option("segmentation"),
@@ -104,7 +79,7 @@ rule infer_seg:
     threads: 2
     params:
         root=DATA_ROOT,
-        model=out("seg/model"),
+        model=weights_folder,
         shard_size=DATASET["shard_size"],
         scales=spaced(SEG_INFER["scales"]),
         flip=flag("flip", SEG_INFER["flip"]),
