@@ -279,3 +279,20 @@ def test_segmentation_network_starts_from_the_cam_network(tmp_path) -> None:
     fresh = init_model("tiny", "seg", NUM_CLASSES, None, 0, logging.getLogger("t"))
     assert torch.equal(seg.head.seg8.weight, fresh.head.seg8.weight)  # same seed, new head
     assert not torch.equal(seg.backbone.stem[0][0].weight, fresh.backbone.stem[0][0].weight)
+
+
+def test_crf_post_processing_refines_the_fused_probabilities(model, tmp_path) -> None:
+    """segment_images with crf: the argmax of the real dense CRF over the fused softmax."""
+    from psa_core.crf import crf_inference
+    from psa_core.stages.segmentation import segment_images
+
+    image = _image(40, 52, seed=3)
+    path = tmp_path / "x.png"
+    Image.fromarray(image).save(path)
+    common = {"scales": (1.0, 0.5), "flip": True, "batch_size": 2, "amp": "none"}
+    [(_, _, plain)] = segment_images(model, [path], crf=False, **common)
+    [(_, _, refined)] = segment_images(model, [path], crf=True, **common)
+    probs = multiscale_softmax(model, [image], (1.0, 0.5), flip=True)[0]
+    np.testing.assert_array_equal(plain, probs_to_mask(probs))
+    np.testing.assert_array_equal(refined, probs_to_mask(crf_inference(image, probs)))
+    assert refined.shape == image.shape[:2]
