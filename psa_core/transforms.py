@@ -319,11 +319,8 @@ def random_crop(
 
 
 @dataclass(frozen=True)
-class CamTrainTransform:
-    """The CAM stage's training augmentation (DESIGN.md §1.1), in the
-    reference's order: random resize of the long side, horizontal flip,
-    colour jitter, normalise, random crop with zero padding (after
-    normalising, so padding is the mean colour).
+class _ResizeFlipJitterCrop:
+    """The settings shared by the CAM and segmentation augmentations (see below).
 
     `resize_long=None` skips the resize; `color_jitter` is (brightness,
     contrast, saturation, hue).
@@ -341,6 +338,15 @@ class CamTrainTransform:
             raise ValueError(f"resize_long {self.resize_long}: need 0 < lo <= hi")
         if len(self.color_jitter) != 4:
             raise ValueError(f"color_jitter {self.color_jitter}: need 4 values")
+
+
+@dataclass(frozen=True)
+class CamTrainTransform(_ResizeFlipJitterCrop):
+    """The CAM stage's training augmentation (DESIGN.md §1.1), in the
+    reference's order: random resize of the long side, horizontal flip,
+    colour jitter, normalise, random crop with zero padding (after
+    normalising, so padding is the mean colour).
+    """
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """image: (H, W, 3) uint8 RGB -> (3, crop_size, crop_size) float32."""
@@ -412,7 +418,7 @@ class AffinityTrainTransform:
 
 
 @dataclass(frozen=True)
-class SegTrainTransform:
+class SegTrainTransform(_ResizeFlipJitterCrop):
     """The segmentation network's training augmentation (DESIGN.md §1.6).
 
     The CAM stage's order, with the mask carried along: random resize of the
@@ -420,15 +426,6 @@ class SegTrainTransform:
     (image only), normalise, one random crop of both, the image padded with 0
     (the mean colour) and the mask with `IGNORE_INDEX`.
     """
-
-    normalization: Normalization
-    crop_size: int = CROP_SIZE
-    resize_long: tuple[int, int] | None = RESIZE_LONG
-    flip: bool = True
-    color_jitter: tuple[float, float, float, float] = COLOR_JITTER
-
-    def __post_init__(self) -> None:
-        CamTrainTransform.__post_init__(self)  # the same checks
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator

@@ -34,6 +34,7 @@ from psa_core.stages.common import (
     init_model,
     listed_shard_names,
     shard_index,
+    training_transform,
 )
 from psa_core.training import digest, sample_rng, stage_options, train
 from psa_core.transforms import AffinityTrainTransform
@@ -354,15 +355,13 @@ def fit_affinity(
             checkpoint_path, log_csv, device, …); the optimiser ones default
             to the published `AFFINITY_TRAIN`.
     """
-    try:
-        transform = AffinityTrainTransform(
-            normalization=model.normalization,
-            crop_size=int(crop_size),
-            flip=bool(flip),
-            color_jitter=tuple(float(v) for v in color_jitter),
-        )
-    except ValueError as exc:
-        raise PsaError(f"training augmentation: {exc}") from None
+    transform = training_transform(
+        AffinityTrainTransform,
+        model.normalization,
+        crop_size=crop_size,
+        flip=flip,
+        color_jitter=color_jitter,
+    )
     dataset = AffinityTrainDataset(root, names, shards, transform, seed, model.radius)
     return train(
         model, dataset, affinity_pair_loss, seed=seed, **stage_options(AFFINITY_TRAIN, options)

@@ -25,7 +25,13 @@ from torch.utils.data import Dataset
 from psa_core import io
 from psa_core.defaults import CAM_TRAIN
 from psa_core.errors import PsaError
-from psa_core.stages.common import check_names, image_paths, init_model, load_trained_model
+from psa_core.stages.common import (
+    check_names,
+    image_paths,
+    init_model,
+    load_trained_model,
+    training_transform,
+)
 from psa_core.training import digest, sample_rng, stage_options, train
 from psa_core.transforms import CamTrainTransform, Normalization, center_crop_box, crop
 
@@ -163,16 +169,14 @@ def fit_cam(
             checkpoint_path, log_csv, device, …); the optimiser ones default
             to the published `CAM_TRAIN`.
     """
-    try:
-        transform = CamTrainTransform(
-            normalization=model.normalization,
-            crop_size=int(crop_size),
-            resize_long=None if resize_long is None else (int(resize_long[0]), int(resize_long[1])),
-            flip=bool(flip),
-            color_jitter=tuple(float(v) for v in color_jitter),
-        )
-    except ValueError as exc:
-        raise PsaError(f"training augmentation: {exc}") from None
+    transform = training_transform(
+        CamTrainTransform,
+        model.normalization,
+        crop_size=crop_size,
+        resize_long=resize_long,
+        flip=flip,
+        color_jitter=color_jitter,
+    )
     dataset = CamTrainDataset(root, names, labels, transform, seed)
     val_dataset = None
     if val_names:

@@ -43,6 +43,29 @@ def image_paths(root: str | os.PathLike, names: Sequence[str]) -> list[Path]:
     return paths
 
 
+_AUGMENTATION_TYPES = {
+    "crop_size": int,
+    "flip": bool,
+    "color_jitter": lambda values: tuple(float(v) for v in values),
+    "resize_long": lambda values: None if values is None else (int(values[0]), int(values[1])),
+}
+
+
+def training_transform(transform_class: type, normalization: Any, **settings: Any) -> Any:
+    """A training augmentation (`psa_core.transforms.*TrainTransform`) from plain values.
+
+    `settings` (crop_size, resize_long, flip, color_jitter) are coerced to the
+    dataclass's types; a bad value is a PsaError naming it.
+    """
+    try:
+        return transform_class(
+            normalization=normalization,
+            **{key: _AUGMENTATION_TYPES[key](value) for key, value in settings.items()},
+        )
+    except ValueError as exc:
+        raise PsaError(f"training augmentation: {exc}") from None
+
+
 def load_trained_model(
     weights: Path, backbone: str, head: str, num_classes: int, device: str, **model_options: Any
 ) -> nn.Module:

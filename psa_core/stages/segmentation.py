@@ -37,7 +37,7 @@ from psa_core.segmentation import (
     size_batches,
     write_model_description,
 )
-from psa_core.stages.common import image_paths, init_model
+from psa_core.stages.common import image_paths, init_model, training_transform
 from psa_core.training import digest, sample_rng, stage_options, train
 from psa_core.transforms import SegTrainTransform
 
@@ -140,16 +140,14 @@ def fit_seg(
         options: keywords of `psa_core.training.train`; the optimiser ones
             default to `SEGMENTATION_TRAIN` (DeepLab-LargeFOV's solver).
     """
-    try:
-        transform = SegTrainTransform(
-            normalization=model.normalization,
-            crop_size=int(crop_size),
-            resize_long=None if resize_long is None else (int(resize_long[0]), int(resize_long[1])),
-            flip=bool(flip),
-            color_jitter=tuple(float(v) for v in color_jitter),
-        )
-    except ValueError as exc:
-        raise PsaError(f"training augmentation: {exc}") from None
+    transform = training_transform(
+        SegTrainTransform,
+        model.normalization,
+        crop_size=crop_size,
+        resize_long=resize_long,
+        flip=flip,
+        color_jitter=color_jitter,
+    )
     dataset = SegTrainDataset(root, names, masks, transform, seed)
     return train(
         model, dataset, segmentation_loss, seed=seed, **stage_options(SEGMENTATION_TRAIN, options)
