@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, required=True, help="dataset folder (VOC layout)")
     p.add_argument("--split", required=True, help="split name, e.g. train, val, train_aug")
     p.add_argument("--classes", type=_comma_list, default=None, help="comma-separated class names")
+    _shard_args(p)
     p.add_argument("--out-images", type=Path, required=True, help="image list to write (.txt)")
     p.add_argument("--out-labels", type=Path, required=True, help="labels to write (.json)")
 
@@ -89,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-labels", type=Path, default=None, help="their labels (.json)")
     _runtime_args(p)
 
-    p = add("infer-cam", "psa_core.stages.cam:infer_cam", "multi-scale CAMs of one shard (HDF5)")
+    p = add(
+        "infer-cam",
+        "psa_core.stages.cam:infer_cam",
+        "multi-scale CAMs of an image list, or of one shard of it (HDF5)",
+    )
     _data_args(p)
     _model_args(p, weights="trained CAM weights (.pt/.pth)")
     _shard_args(p)
@@ -242,8 +247,11 @@ def _model_args(p: argparse.ArgumentParser, weights: str | None = None) -> None:
 
 
 def _shard_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shard", type=int, required=True, help="shard number (0-based)")
-    p.add_argument("--shard-size", type=int, required=True)
+    """--shard N --shard-size S: one shard of the image list (both or neither; neither = all)."""
+    p.add_argument(
+        "--shard", type=int, default=None, help="only this shard of the list (0-based); default all"
+    )
+    p.add_argument("--shard-size", type=int, default=None, help="images per shard (with --shard)")
 
 
 def _train_args(p: argparse.ArgumentParser, defaults: TrainDefaults) -> None:
