@@ -3,8 +3,9 @@
 Builds dataset folders in the VOC layout that hold only the image lists
 (`ImageSets/Segmentation/{train_aug,train,val}.txt` with made-up names; no
 pixels, no JPEGs: the DAG needs only the lists, because `split_size` in
-workflow/rules/common.smk counts the lines of each list and `dataset_input`
-names the list files), writes a config per (dataset fraction, shard size)
+workflow/rules/common.smk counts the names of each list, `index_split` takes
+its list file as input and `index_shard` its shard's names as a param),
+writes a config per (dataset fraction, shard size)
 and times `snakemake -n --quiet rules` (and, with `--full`, a plain `-n` that
 prints every job) on the repository's Snakefile. Prints a markdown table for
 benchmarks/RESULTS.md.

@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, required=True, help="dataset folder (VOC layout)")
     p.add_argument("--split", required=True, help="split name, e.g. train, val, train_aug")
     p.add_argument("--classes", type=_comma_list, default=None, help="comma-separated class names")
+    _shard_args(p)
     p.add_argument("--out-images", type=Path, required=True, help="image list to write (.txt)")
     p.add_argument("--out-labels", type=Path, required=True, help="labels to write (.json)")
 
@@ -92,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-labels", type=Path, default=None, help="their labels (.json)")
     _runtime_args(p)
 
-    p = add("infer-cam", "psa_core.stages.cam:infer_cam", "multi-scale CAMs of one shard (HDF5)")
+    p = add(
+        "infer-cam",
+        "psa_core.stages.cam:infer_cam",
+        "multi-scale CAMs of an image list, or of one shard of it (HDF5)",
+    )
     _data_args(p)
     _model_args(p, weights="trained CAM weights (.pt/.pth)")
     _shard_args(p)
@@ -215,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, required=True, help="dataset folder (VOC layout)")
     p.add_argument("--images", type=Path, required=True, help="image list from `psa index`")
     p.add_argument("--model", type=Path, required=True, help="model folder from train-seg")
-    _shard_args(p, required=False)
+    _shard_args(p)
     _seg_infer_args(p, recorded=False)
     p.add_argument("--batch-size", type=int, default=SEGMENTATION_INFER.batch_size)
     _runtime_args(p)
@@ -308,10 +313,12 @@ def _model_args(p: argparse.ArgumentParser, weights: str | None = None) -> None:
         )
 
 
-def _shard_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    whole = "" if required else "; without it, every listed image"
-    p.add_argument("--shard", type=int, required=required, help=f"shard number (0-based){whole}")
-    p.add_argument("--shard-size", type=int, required=required)
+def _shard_args(p: argparse.ArgumentParser) -> None:
+    """--shard N --shard-size S: one shard of the image list (both or neither; neither = all)."""
+    p.add_argument(
+        "--shard", type=int, default=None, help="only this shard of the list (0-based); default all"
+    )
+    p.add_argument("--shard-size", type=int, default=None, help="images per shard (with --shard)")
 
 
 def _seg_infer_args(p: argparse.ArgumentParser, recorded: bool) -> None:

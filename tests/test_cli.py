@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -63,6 +64,43 @@ def test_failed_index_is_one_line_and_keeps_earlier_artifacts(tmp_path: Path) ->
     assert "Traceback" not in proc.stderr
     assert (labels.read_bytes(), images.read_bytes()) == before
     assert sorted(p.name for p in labels.parent.iterdir()) == ["images.txt", "labels.json"]
+
+
+def test_index_of_one_shard(tmp_path: Path) -> None:
+    """`psa index --shard N --shard-size S`: the names and labels of that shard only (the
+    last one short), equal to the whole split's; a shard the list lacks is one line."""
+    root = tmp_path / "data"
+    assert psa("synth", "--out", str(root), "--num-train", "7", "--num-val", "2").returncode == 0
+
+    def index(out: Path, *shard: str) -> subprocess.CompletedProcess:
+        return psa(
+            "index", "--root", str(root), "--split", "train", *shard,
+            "--out-images", str(out / "images.txt"), "--out-labels", str(out / "labels.json"),
+        )  # fmt: skip
+
+    assert index(tmp_path / "whole").returncode == 0
+    names = io.read_lines(tmp_path / "whole" / "images.txt")
+    whole = json.loads((tmp_path / "whole" / "labels.json").read_text())
+    for shard, expected in (("0", names[:3]), ("1", names[3:6]), ("2", names[6:])):
+        out = tmp_path / f"shard-{shard}"
+        proc = index(out, "--shard", shard, "--shard-size", "3")
+        assert proc.returncode == 0, proc.stderr
+        assert io.read_lines(out / "images.txt") == expected
+        labels = json.loads((out / "labels.json").read_text())
+        assert labels["classes"] == whole["classes"]
+        assert labels["images"] == {name: whole["images"][name] for name in expected}
+    assert len(expected) == 1  # the last shard holds the 7th image only
+
+    bad = {
+        ("--shard", "3", "--shard-size", "3"): "train.txt: shard 3 does not exist: 7 images",
+        ("--shard", "0"): "--shard and --shard-size go together",
+    }
+    for shard, message in bad.items():
+        out = tmp_path / "bad"
+        proc = index(out, *shard)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+        assert not out.exists()
 
 
 def test_missing_weights_file_is_one_line(tmp_path: Path) -> None:

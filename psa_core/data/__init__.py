@@ -7,6 +7,7 @@ from psa_core.data.index import (
     num_shards,
     read_classes,
     read_labels,
+    select_shard,
     shard_slice,
     verified_image_size,
     write_labels,
@@ -43,6 +44,7 @@ __all__ = [
     "read_classes",
     "read_image_list",
     "read_labels",
+    "select_shard",
     "shard_slice",
     "write_labels",
 ]

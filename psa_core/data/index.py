@@ -6,7 +6,9 @@ The labels artifact is plain JSON (no pickles), one per split::
 
 `images` maps each name, in list order, to the 0-based ids of the classes
 present. Shards cut the ordered name list into consecutive pieces so that
-inference fans out one job per shard (DESIGN.md §2).
+inference fans out one job per shard (DESIGN.md §2); each shard gets its own
+index (image list + labels), so that a longer list reruns only the shards
+whose names changed.
 """
 
 from __future__ import annotations
@@ -104,9 +106,14 @@ def _mask_size(path: Path) -> tuple[int, int]:
 
 
 def index_split(
-    root: str | os.PathLike, split: str, classes: Sequence[str]
+    root: str | os.PathLike,
+    split: str,
+    classes: Sequence[str],
+    *,
+    shard: int | None = None,
+    shard_size: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Check every image of a split and collect its image-level labels.
+    """Check every image of a split (or of one shard of it) and collect its image-level labels.
 
     For each listed name: the image must exist and decode; labels come from
     `Annotations/NAME.xml` when it exists (as in PSA), else from the GT mask;
@@ -116,14 +123,19 @@ def index_split(
         root: dataset root in the VOC layout.
         split: list name (see `voc.read_image_list`).
         classes: K class names in label order.
+        shard, shard_size: index only shard `shard` of the list (`select_shard`);
+            both None (the default) for the whole list.
 
     Returns:
         name -> (K,) uint8 multi-hot, in list order. PsaError (one line naming
-        the file and the fix) at the first bad image.
+        the file and the fix) at the first bad image or a shard the list lacks.
     """
     root = check_root(root)
-    names = read_image_list(root, split)
     list_file = image_list_path(root, split)
+    try:
+        names = select_shard(read_image_list(root, split), shard, shard_size)
+    except PsaError as exc:
+        raise PsaError(f"{list_file}: {exc}") from None
     labels: dict[str, np.ndarray] = {}
     for name in names:
         img_file = image_path(root, name)
@@ -228,3 +240,20 @@ def shard_slice(names: Sequence[str], shard_size: int, shard_index: int) -> list
         )
     start = shard_index * shard_size
     return list(names[start : start + shard_size])
+
+
+def select_shard(names: Sequence[str], shard: int | None, shard_size: int | None) -> list[str]:
+    """The names of shard `shard` (`shard_slice`), or all of `names` when both are None.
+
+    What `--shard N --shard-size S` of `psa index` and `psa infer-cam` select:
+    the workflow's per-shard jobs pass both, a whole list needs neither.
+    PsaError when only one of the two is given.
+    """
+    if shard is None and shard_size is None:
+        return list(names)
+    if shard is None or shard_size is None:
+        raise PsaError(
+            "--shard and --shard-size go together: give both for one shard of the list, "
+            "or neither for the whole list"
+        )
+    return shard_slice(names, shard_size, shard)

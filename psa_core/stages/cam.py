@@ -270,32 +270,38 @@ def infer_cam(
     labels: Path,
     weights: Path,
     backbone: str,
-    shard: int,
-    shard_size: int,
     scales: Sequence[float],
     dtype: str,
     device: str,
     amp: str,
     out: Path,
+    shard: int | None = None,
+    shard_size: int | None = None,
 ) -> None:
-    """`psa infer-cam`: multi-scale CAMs (DESIGN.md §1.1) of one shard into one HDF5 file.
+    """`psa infer-cam`: multi-scale CAMs (DESIGN.md §1.1) of the listed images into one HDF5 file.
 
-    Each image's dataset holds the maps of its present classes only,
-    (C, H, W) in [0, 1], with their 0-based ids in the `class_ids` attribute.
+    The workflow passes a shard's own image list (`psa index --shard`); by
+    hand, `shard` and `shard_size` pick one shard of a longer list
+    (`psa_core.data.select_shard`). Each image's dataset holds the maps of
+    its present classes only, (C, H, W) in [0, 1], with their 0-based ids in
+    the `class_ids` attribute.
     """
     from psa_core.cam import multiscale_cam
-    from psa_core.data import image_path, read_labels, shard_slice
+    from psa_core.data import image_path, read_labels, select_shard
     from psa_core.device import autocast_dtype
 
     classes, label_map = read_labels(labels)
-    names = shard_slice(io.read_lines(images), shard_size, shard)
+    try:
+        names = select_shard(io.read_lines(images), shard, shard_size)
+    except PsaError as exc:
+        raise PsaError(f"{images}: {exc}") from None
+    check_names(names, label_map, str(images))
     model = load_trained_model(weights, backbone, "cam", len(classes), device)
-    log.info("shard %d: %d images, scales %s, device %s", shard, len(names), list(scales), device)
+    where = images.name if shard is None else f"{images.name}, shard {shard}"
+    log.info("%s: %d images, scales %s, device %s", where, len(names), list(scales), device)
     scores = {}
     start = time.perf_counter()
     for name in names:
-        if name not in label_map:
-            raise PsaError(f"{labels}: no labels for image '{name}'; rerun `psa index`")
         label = label_map[name]
         image = io.read_image(image_path(root, name))
         cams = multiscale_cam(model, image, label, scales=scales, amp_dtype=autocast_dtype(amp))
@@ -315,8 +321,8 @@ def infer_cam(
             "weights": str(weights),
             "scales": list(scales),
             "amp": amp,
-            "shard": shard,
-            "shard_size": shard_size,
+            "images": str(images),
+            **({} if shard is None else {"shard": shard, "shard_size": shard_size}),
         },
         dtype=dtype,
     )

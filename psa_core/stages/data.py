@@ -39,13 +39,20 @@ def index(
     classes: Sequence[str] | None,
     out_images: Path,
     out_labels: Path,
+    shard: int | None = None,
+    shard_size: int | None = None,
 ) -> None:
-    """List a split's images and their image-level labels (image list + labels JSON)."""
+    """List a split's images and their image-level labels (image list + labels JSON).
+
+    With `shard` and `shard_size`: only the images of that shard of the split
+    (`psa_core.data.select_shard`), the index of one per-shard job.
+    """
     from psa_core.data import index_split, read_classes, write_labels
     from psa_core.io import write_lines
 
     class_names = read_classes(root, classes)
-    labels = index_split(root, split, class_names)
+    labels = index_split(root, split, class_names, shard=shard, shard_size=shard_size)
     write_labels(out_labels, class_names, labels)
     write_lines(out_images, list(labels))
-    log.info("split %s: %d images, %d classes", split, len(labels), len(class_names))
+    where = f"split {split}" if shard is None else f"split {split}, shard {shard}"
+    log.info("%s: %d images, %d classes", where, len(labels), len(class_names))

@@ -320,14 +320,11 @@ def infer_seg(
     amp: str,
     out_masks: Path,
 ) -> None:
-    """`psa infer-seg`: masks of one shard of a split from a trained model folder."""
-    from psa_core.data import shard_slice
+    """`psa infer-seg`: masks of the listed images (or one shard of them) from a trained
+    model folder."""
+    from psa_core.data import select_shard
 
-    names = io.read_lines(images)
-    if shard is not None:
-        if not shard_size:
-            raise PsaError("--shard needs --shard-size")
-        names = shard_slice(names, shard_size, shard)
+    names = select_shard(io.read_lines(images), shard, shard_size)
     paths = image_paths(root, names)
     net, _ = load_model_folder(model, device)
     start = time.perf_counter()

@@ -12,6 +12,7 @@ from psa_core.data import (
     index_split,
     num_shards,
     read_labels,
+    select_shard,
     shard_slice,
     write_labels,
 )
@@ -27,6 +28,33 @@ def test_index_split_labels_from_xml_else_mask(voc_tree):
     assert labels["2007_000002"].tolist() == [0, 1, 1]
     assert labels[AUG_ONLY].tolist() == [0, 1, 0]  # no XML: from SegmentationClassAug
     assert all(v.dtype == np.uint8 for v in labels.values())
+
+
+def test_index_split_shard_is_the_split_index_cut_to_the_shard(voc_tree):
+    root = voc_tree()
+    whole = index_split(root, "train_aug", TREE_CLASSES)
+    first = index_split(root, "train_aug", TREE_CLASSES, shard=0, shard_size=2)
+    last = index_split(root, "train_aug", TREE_CLASSES, shard=1, shard_size=2)  # 1 of 2
+    assert list(first) == ["2007_000001", "2007_000002"] and list(last) == [AUG_ONLY]
+    for name, label in {**first, **last}.items():
+        assert label.tolist() == whole[name].tolist(), name
+
+
+def test_index_split_shard_reads_only_its_own_images(voc_tree):
+    root = voc_tree()
+    (root / "JPEGImages" / f"{AUG_ONLY}.jpg").write_bytes(b"not a jpeg")
+    assert list(index_split(root, "train_aug", TREE_CLASSES, shard=0, shard_size=2))
+    with pytest.raises(PsaError, match=rf"{AUG_ONLY}\.jpg: cannot decode image"):
+        index_split(root, "train_aug", TREE_CLASSES, shard=1, shard_size=2)
+
+
+def test_index_split_shard_out_of_range_names_the_list(voc_tree):
+    root = voc_tree()
+    with pytest.raises(
+        PsaError,
+        match=r"train_aug\.txt: shard 2 does not exist: 3 images in shards of 2 give shards 0\.\.1",
+    ):
+        index_split(root, "train_aug", TREE_CLASSES, shard=2, shard_size=2)
 
 
 def test_index_split_image_missing(voc_tree):
@@ -148,3 +176,12 @@ def test_shards():
         shard_slice(names, 3, -1)
     with pytest.raises(PsaError, match="dataset.shard_size is 0"):
         num_shards(7, 0)
+
+
+def test_select_shard_both_or_neither():
+    names = [f"n{i}" for i in range(5)]
+    assert select_shard(names, None, None) == names
+    assert select_shard(names, 1, 3) == ["n3", "n4"]
+    for shard, shard_size in ((1, None), (None, 3)):
+        with pytest.raises(PsaError, match="--shard and --shard-size go together"):
+            select_shard(names, shard, shard_size)

@@ -17,6 +17,7 @@ retrain everything.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from psa_core import io
 from psa_core.data import generate_synthetic
 from tests.workflow.conftest import (
     TINY_CONFIG,
@@ -53,17 +55,13 @@ RANDOM_WALK_AND_AFTER = {
     "random_walk": 4,  # 2 train + 2 val shards
     "evaluate_random_walk": 2,
     "export_masks": 1,
+    "train_seg": 1,
+    "infer_seg": 4,
+    "evaluate_seg": 2,
     "gallery": 2,
     "summarize": 1,
     "all": 1,
 }
-
-WORKFLOW_RULES = frozenset(
-    ("generate_synthetic", "index_split", "train_cam", "infer_cam", "evaluate_cam")
-    + ("crf_labels", "evaluate_crf_labels", "train_affinity", "random_walk")
-    + ("evaluate_random_walk", "export_masks", "summarize", "gallery", "all")
-)
-"""The rules of the workflow today."""
 
 CAM_STAGE = ("cam/weights.pt", "cam/*/shard-*.h5", "cam/eval/*.json", "index/*/*")
 CRF_STAGE = ("crf/*/shard-*.h5", "crf/eval/*.json", "affinity/weights.pt")
@@ -167,17 +165,6 @@ def test_crf_alpha_reruns_labels_affinity_and_walk_not_cams(run_copy: Path) -> N
     assert stamps(run_copy, CAM_STAGE) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "every shard reruns: each job takes the lists of all splits as input (dataset_input "
-        "in workflow/rules/common.smk), so a longer val.txt reruns index_split of every split "
-        "and train_cam; and each shard job reads its split's whole index/<split>/images.txt, "
-        "so any change to a list reruns all shards of the split. Fix: index_split takes its "
-        "own split's list only; a per-shard index job, with the shard's names as a param, "
-        "feeds infer_cam, crf_labels and random_walk"
-    ),
-)
 def test_images_added_to_a_split_rerun_only_the_changed_shards(run_copy: Path) -> None:
     """Shard i holds list entries [8i, 8i + 8): appending 6 names to val's 12 changes
     shard 001 (4 -> 8 images) and makes shard 002 (2); shard 000 and the training
@@ -192,6 +179,8 @@ def test_images_added_to_a_split_rerun_only_the_changed_shards(run_copy: Path) -
     val_list.write_text("\n".join(val + held_back) + "\n")
     untouched = ("cam/weights.pt", "cam/train/*.h5", "cam/val/shard-000.h5", "crf/train/*.h5")
     untouched += ("crf/val/shard-000.h5", "rw/train/*.h5", "rw/val/*-000.h5", "affinity/*.pt")
+    untouched += ("index/train/*", "index/val/shard-000.*", "seg/model/*")
+    untouched += ("seg/train/masks/*/*.png", "seg/val/masks/shard-000/*.png")
     before = stamps(run_copy, untouched)
 
     changed = [f"split=val, shard={shard}" for shard in ("001", "002")]
@@ -199,26 +188,31 @@ def test_images_added_to_a_split_rerun_only_the_changed_shards(run_copy: Path) -
         [("index_split", "split=val")]
         + [
             (rule, shard)
-            for rule in ("infer_cam", "crf_labels", "random_walk")
+            for rule in ("index_shard", "infer_cam", "crf_labels", "random_walk", "infer_seg")
             for shard in changed
         ]
         + [
             (rule, "split=val")
-            for rule in ("evaluate_cam", "evaluate_crf_labels", "evaluate_random_walk", "gallery")
+            for rule in ("evaluate_cam", "evaluate_crf_labels", "evaluate_random_walk")
+            + ("evaluate_seg", "gallery")
         ]
         + [("summarize", ""), ("all", "")]
     )
 
     def check(jobs: list[tuple[str, str]]) -> None:
-        # A helper rule the workflow may gain (a per-shard index) is free to run
-        # for the changed shards, but for nothing else.
         assert not [job for job in jobs if "split=train" in job[1] or "shard=000" in job[1]]
-        assert Counter(job for job in jobs if job[0] in WORKFLOW_RULES) == expected, jobs
+        assert Counter(jobs) == expected, jobs
 
     check(job_list(output(run_snakemake(run_copy, "-n"))))  # the plan
     check(job_list(output(run_snakemake(run_copy))))  # what ran
     assert stamps(run_copy, untouched) == before
-    assert (run_copy / "results/cam/val/shard-002.h5").is_file()
+    results, val = run_copy / "results", val + held_back
+    for i, shard in enumerate(("000", "001", "002")):
+        held = io.read_score_shard_names(results / f"cam/val/shard-{shard}.h5")
+        assert sorted(held) == sorted(val[i * SHARD_SIZE : (i + 1) * SHARD_SIZE]), shard
+    for stage in ("cam", "rw", "seg"):
+        metrics = json.loads((results / f"{stage}/eval/val.json").read_text())
+        assert metrics["num_images"] == len(val), stage
 
 
 def test_nothing_changed_nothing_runs_and_says_so_quickly(run_copy: Path) -> None:

@@ -24,13 +24,21 @@ from tests.workflow.conftest import REPO, TINY_CONFIG, write_config
 CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 TARGET = "results/cam/eval/val.json"
-# The target's DAG, one layer each: few layers, because every layer costs a few
-# seconds of sbatch, job start-up and polling.
-RULES = ("generate_synthetic", "index_split", "train_cam", "infer_cam", "evaluate_cam")
+# The target's DAG, one layer each (the two index rules share one): few layers,
+# because every layer costs a few seconds of sbatch, job start-up and polling.
+RULES = (
+    "generate_synthetic",
+    "index_split",
+    "index_shard",
+    "train_cam",
+    "infer_cam",
+    "evaluate_cam",
+)
 GPU_RULES = ("train_cam", "infer_cam")
 RULE_LOGS = {
     "generate_synthetic": ["generate_synthetic.log"],
     "index_split": ["index_split/train.log", "index_split/val.log"],
+    "index_shard": ["index_shard/val-000.log"],
     "train_cam": ["train_cam.log"],
     "infer_cam": ["infer_cam/val-000.log"],
     "evaluate_cam": ["evaluate_cam/val.log"],

@@ -32,6 +32,7 @@ def test_default_config_dry_run(tmp_path: Path) -> None:
     for rule in (
         "generate_synthetic",
         "index_split",
+        "index_shard",
         "train_cam",
         "infer_cam",
         "evaluate_cam",

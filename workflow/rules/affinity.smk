@@ -6,8 +6,8 @@ rule crf_labels:
     input:
         cams=out("cam/{split}/shard-{shard}.h5"),
         dataset=dataset_input,
-        images=out("index/{split}/images.txt"),
-        labels=out("index/{split}/labels.json"),
+        images=out("index/{split}/shard-{shard}.txt"),
+        labels=out("index/{split}/shard-{shard}.json"),
     output:
         scores=out("crf/{split}/shard-{shard}.h5"),
         maps=directory(out("crf/{split}/label_maps/shard-{shard}")),

@@ -56,8 +56,8 @@ rule infer_cam:
     input:
         weights=rules.train_cam.output.weights,
         dataset=dataset_input,
-        images=out("index/{split}/images.txt"),
-        labels=out("index/{split}/labels.json"),
+        images=out("index/{split}/shard-{shard}.txt"),
+        labels=out("index/{split}/shard-{shard}.json"),
     output:
         cams=out("cam/{split}/shard-{shard}.h5"),
     log:
@@ -70,7 +70,6 @@ rule infer_cam:
     params:
         root=DATA_ROOT,
         backbone=BACKBONE,
-        shard_size=DATASET["shard_size"],
         scales=spaced(CAM["infer"]["scales"]),
         dtype=CAM["infer"]["dtype"],
         device=config["device"],
@@ -78,8 +77,8 @@ rule infer_cam:
     shell:
         "exec python -m psa_core infer-cam --root {params.root} --images {input.images}"
         " --labels {input.labels} --weights {input.weights} --backbone {params.backbone}"
-        " --shard {wildcards.shard} --shard-size {params.shard_size} --scales {params.scales}"
-        " --dtype {params.dtype} --device {params.device} --amp {params.amp} --threads {threads}"
+        " --scales {params.scales} --dtype {params.dtype} --device {params.device}"
+        " --amp {params.amp} --threads {threads}"
         " --out {output.cams} > {log} 2>&1"
 
 

@@ -1,4 +1,5 @@
 # Helpers shared by every stage: config validation, paths, shard lists.
+import functools
 import json
 import shlex
 import sys
@@ -8,7 +9,7 @@ import jsonschema
 import yaml
 from snakemake.utils import validate
 
-from psa_core.data import num_shards, read_image_list, image_list_path
+from psa_core.data import image_list_path, num_shards, read_image_list, shard_slice
 from psa_core.defaults import JITTER_KEYS
 from psa_core.errors import PsaError
 
@@ -62,10 +63,25 @@ def out(pattern):
 
 
 def dataset_input(wildcards=None):
-    """The dataset as an input: the generated folder, or the split lists."""
+    """The dataset as an input: the generated folder, or nothing for kind voc.
+
+    A VOC split's list file is an input of its own `index_split` job only
+    (`split_list`); the per-shard index jobs follow their shard's names as a
+    param (`shard_names`), so a longer list reruns only the shards it changes.
+    """
     if SYNTHETIC:
         return str(DATA_ROOT)
-    return [str(image_list_path(DATA_ROOT, split)) for split in all_splits()]
+    return []
+
+
+def split_list(wildcards):
+    """`index_split`'s input: the generated folder, or the job's own split list."""
+    if SYNTHETIC:
+        return str(DATA_ROOT)
+    try:
+        return str(image_list_path(DATA_ROOT, wildcards.split))
+    except PsaError as exc:
+        sys.exit(str(exc))
 
 
 def all_splits():
@@ -83,12 +99,35 @@ def split_size(split):
                 f"'{split}'; use train and/or val"
             )
         return sizes[split]
+    return len(split_names(split))
+
+
+@functools.cache
+def split_names(split):
+    """The image names of a VOC split, in list order (read once per DAG build)."""
     if not DATASET["root"]:
         sys.exit("config: key 'dataset.root': kind voc needs the dataset folder; set dataset.root")
     try:
-        return len(read_image_list(DATA_ROOT, split))
+        return tuple(read_image_list(DATA_ROOT, split))
     except PsaError as exc:
         sys.exit(str(exc))
+
+
+def shard_names(wildcards):
+    """The image names of the job's shard, as a param of `index_shard`.
+
+    Snakemake reruns a job whose params changed: a shard whose names changed
+    is indexed again (and what depends on it reruns), the others stay. The
+    synthetic dataset's names exist only once it is generated; there the
+    generated folder is the input instead, and the param is empty.
+    """
+    if SYNTHETIC:
+        return []
+    names = split_names(wildcards.split)
+    try:
+        return shard_slice(names, DATASET["shard_size"], int(wildcards.shard))
+    except PsaError as exc:
+        sys.exit(f"{image_list_path(DATA_ROOT, wildcards.split)}: {exc}")
 
 
 def shard_ids(split):

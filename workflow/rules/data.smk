@@ -1,4 +1,5 @@
-# Dataset stage: generate the synthetic set (when configured) and index splits.
+# Dataset stage: generate the synthetic set (when configured), index each split
+# (for the evaluations and training) and each shard of it (for the per-shard jobs).
 
 
 rule generate_synthetic:
@@ -26,7 +27,7 @@ rule generate_synthetic:
 
 rule index_split:
     input:
-        dataset=dataset_input,
+        dataset=split_list,
     output:
         images=out("index/{split}/images.txt"),
         labels=out("index/{split}/labels.json"),
@@ -42,4 +43,28 @@ rule index_split:
         classes=classes_arg(),
     shell:
         "exec python -m psa_core index --root {params.root} --split {wildcards.split} {params.classes}"
+        " --out-images {output.images} --out-labels {output.labels} > {log} 2>&1"
+
+
+rule index_shard:
+    input:
+        dataset=dataset_input,
+    output:
+        images=out("index/{split}/shard-{shard}.txt"),
+        labels=out("index/{split}/shard-{shard}.json"),
+    log:
+        out("logs/index_shard/{split}-{shard}.log"),
+    benchmark:
+        out("benchmarks/index_shard/{split}-{shard}.tsv")
+    conda:
+        "../../envs/psa.yaml"
+    threads: 1
+    params:
+        root=DATA_ROOT,
+        classes=classes_arg(),
+        shard_size=DATASET["shard_size"],
+        names=shard_names,
+    shell:
+        "exec python -m psa_core index --root {params.root} --split {wildcards.split} {params.classes}"
+        " --shard {wildcards.shard} --shard-size {params.shard_size}"
         " --out-images {output.images} --out-labels {output.labels} > {log} 2>&1"

@@ -8,8 +8,8 @@ rule random_walk:
         weights=rules.train_affinity.output.weights,
         cams=out("cam/{split}/shard-{shard}.h5"),
         dataset=dataset_input,
-        images=out("index/{split}/images.txt"),
-        labels=out("index/{split}/labels.json"),
+        images=out("index/{split}/shard-{shard}.txt"),
+        labels=out("index/{split}/shard-{shard}.json"),
     output:
         scores=out("rw/{split}/shard-{shard}.h5"),
         affinity=out("rw/{split}/affinity-{shard}.h5"),

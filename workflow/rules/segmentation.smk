@@ -67,7 +67,7 @@ rule infer_seg:
         weights=rules.train_seg.output.weights,
         description=rules.train_seg.output.description,
         dataset=dataset_input,
-        images=out("index/{split}/images.txt"),
+        images=out("index/{split}/shard-{shard}.txt"),
     output:
         masks=directory(out("seg/{split}/masks/shard-{shard}")),
     log:
@@ -80,7 +80,6 @@ rule infer_seg:
     params:
         root=DATA_ROOT,
         model=weights_folder,
-        shard_size=DATASET["shard_size"],
         scales=spaced(SEG_INFER["scales"]),
         flip=flag("flip", SEG_INFER["flip"]),
         crf=flag("crf", SEG_INFER["crf"]),
@@ -89,9 +88,9 @@ rule infer_seg:
         amp=config["amp"],
     shell:
         "exec python -m psa_core infer-seg --root {params.root} --images {input.images}"
-        " --model {params.model} --shard {wildcards.shard} --shard-size {params.shard_size}"
-        " --scales {params.scales} {params.flip} {params.crf} --batch-size {params.batch_size}"
-        " --device {params.device} --amp {params.amp} --threads {threads}"
+        " --model {params.model} --scales {params.scales} {params.flip} {params.crf}"
+        " --batch-size {params.batch_size} --device {params.device} --amp {params.amp}"
+        " --threads {threads}"
         " --out-masks {output.masks} > {log} 2>&1"
 
 
