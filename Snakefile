@@ -45,7 +45,7 @@ rule all:
     input:
         rules.summarize.output,
         rules.export_masks.output,
-        rules.train_seg.output.description,
+        rules.package_seg_model.output.model,
         expand(out("report/gallery-{split}.png"), split=EVAL_SPLITS),
 
 

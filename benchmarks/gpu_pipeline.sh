@@ -88,7 +88,6 @@ rerun() {  # rule amp
 for run in $RERUNS; do
     set -- ${run/:/ }
     weights=$WORK/${1#train_}/weights.pt
-    [ "$1" = train_seg ] && weights=$WORK/seg/model/weights.pt
     if [ ! -e "$weights" ] || [ "$(left)" -lt 100 ]; then
         echo "== skipped $run: no $1 output, or $(left) s left of LIMIT_S" | tee -a "$REPORT/snakemake.log"
         continue

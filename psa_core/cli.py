@@ -201,16 +201,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "train-seg",
         "psa_core.stages.segmentation:train_seg",
-        "train the segmentation network on a split's masks (resumable); writes a model folder",
+        "train the segmentation network on a split's masks (resumable)",
     )
     _data_args(p)
     p.add_argument("--masks", type=Path, required=True, help="folder of NAME.png training masks")
     _model_args(p)
     p.add_argument("--dilation", type=int, default=SEGMENTATION_DILATION, help="head's 3x3 rate")
-    _train_args(p, SEGMENTATION_TRAIN, out="model folder to write (weights.pt, model.json)")
+    _train_args(p, SEGMENTATION_TRAIN)
+    _runtime_args(p)
+
+    p = add(
+        "package-seg-model",
+        "psa_core.stages.segmentation:package_seg_model",
+        "a model folder (weights.pt + model.json) for psa predict, from trained weights",
+    )
+    p.add_argument("--weights", type=Path, required=True, help="weights from train-seg (.pt)")
+    p.add_argument("--labels", type=Path, required=True, help="labels from `psa index` (classes)")
+    p.add_argument("--backbone", default="tiny", help="resnet38d, vgg16d or tiny")
+    p.add_argument("--dilation", type=int, default=SEGMENTATION_DILATION, help="head's 3x3 rate")
     _seg_infer_args(p, recorded=False)
     p.add_argument("--settings", default=None, help="JSON object recorded in model.json")
-    _runtime_args(p)
+    p.add_argument("--out", type=Path, required=True, help="model folder to write")
 
     p = add(
         "infer-seg",
@@ -346,9 +357,7 @@ def _seg_infer_args(p: argparse.ArgumentParser, recorded: bool) -> None:
     )
 
 
-def _train_args(
-    p: argparse.ArgumentParser, defaults: TrainDefaults, out: str = "trained weights to write (.pt)"
-) -> None:
+def _train_args(p: argparse.ArgumentParser, defaults: TrainDefaults) -> None:
     """The optimiser and augmentation options of a training stage, with its defaults."""
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -381,7 +390,7 @@ def _train_args(
         help="start over when the checkpoint has other settings (default: refuse)",
     )
     p.add_argument("--out-log", type=Path, required=True, help="training log to write (.csv)")
-    p.add_argument("--out", type=Path, required=True, help=out)
+    p.add_argument("--out", type=Path, required=True, help="trained weights to write (.pt)")
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:

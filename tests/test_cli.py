@@ -39,6 +39,7 @@ def test_help_lists_every_subcommand() -> None:
         "train-affinity",
         "random-walk",
         "train-seg",
+        "package-seg-model",
         "infer-seg",
         "evaluate-seg",
         "predict",

@@ -98,6 +98,7 @@ def _subparser(name: str):
         ("evaluate-random-walk", defaults.RANDOM_WALK_EVALUATE),
         ("train-seg", defaults.SEGMENTATION_TRAIN),
         ("infer-seg", defaults.SEGMENTATION_INFER),
+        ("package-seg-model", defaults.SEGMENTATION_INFER),
     ],
 )
 def test_cli_defaults_come_from_psa_core_defaults(command: str, home) -> None:

@@ -34,7 +34,8 @@ def _masks_from_colours(root: Path, names: list[str]) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
-    """A model folder from a real `psa train-seg` (2 epochs on 8 small images)."""
+    """A model folder from a real `psa train-seg` (2 epochs on 8 small images) and
+    `psa package-seg-model`."""
     tmp = tmp_path_factory.mktemp("seg")
     root = tmp / "data"
     names, labels = write_dataset(root, n=8, sizes=(40, 56))
@@ -47,9 +48,15 @@ def trained(tmp_path_factory) -> dict[str, Path]:
         "--labels", str(tmp / "labels.json"), "--masks", str(masks), "--backbone", "tiny",
         "--dilation", "2", "--epochs", "2", "--batch-size", "4", "--lr", "0.01",
         "--momentum", "0.9", "--crop-size", "48", "--resize-long", "40", "56",
-        "--scales", "1.0", "0.5", "--no-crf", "--settings", '{"pipeline": {"seed": 0}}',
         "--device", "cpu", "--checkpoint", str(tmp / "ckpt.pt"),
-        "--out-log", str(tmp / "log.csv"), "--out", str(model),
+        "--out-log", str(tmp / "log.csv"), "--out", str(tmp / "weights.pt"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = psa(
+        "package-seg-model", "--weights", str(tmp / "weights.pt"),
+        "--labels", str(tmp / "labels.json"), "--backbone", "tiny", "--dilation", "2",
+        "--scales", "1.0", "0.5", "--no-crf", "--settings", '{"pipeline": {"seed": 0}}',
+        "--out", str(model),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return {"tmp": tmp, "root": root, "model": model, "images": tmp / "images.txt"}
@@ -63,7 +70,7 @@ def test_train_seg_writes_a_described_model_folder(trained) -> None:
     assert description["classes"] == ["background", *CLASSES]
     assert description["inference"] == {"scales": [1.0, 0.5], "flip": True, "crf": False}
     assert description["settings"]["pipeline"] == {"seed": 0}
-    assert description["settings"]["training"]["epochs"] == 2
+    assert (model / WEIGHTS_FILE).read_bytes() == (trained["tmp"] / "weights.pt").read_bytes()
     assert not (trained["tmp"] / "ckpt.pt").exists()
     log = (trained["tmp"] / "log.csv").read_text().splitlines()
     assert log[0].startswith("step,epoch,phase,loss")
@@ -111,6 +118,17 @@ def test_predict_agrees_with_infer_seg(trained, tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         io.read_mask(single / f"{names[5]}.png"), io.read_mask(out / f"{names[5]}.png")
     )
+
+
+def test_package_refuses_weights_of_another_head(trained, tmp_path: Path) -> None:
+    """Weights that do not load into the described network stop packaging, one line."""
+    proc = psa(
+        "package-seg-model", "--weights", str(trained["tmp"] / "weights.pt"),
+        "--labels", str(trained["tmp"] / "labels.json"), "--backbone", "vgg16d",
+        "--out", str(tmp_path / "model"),
+    )  # fmt: skip
+    assert proc.returncode == 2 and "weights.pt" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "model").exists()
 
 
 def test_predict_bad_input_is_one_line(trained, tmp_path: Path) -> None:

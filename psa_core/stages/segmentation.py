@@ -176,50 +176,18 @@ def train_seg(
     seed: int,
     device: str,
     amp: str,
-    scales: Sequence[float],
-    flip: bool,
-    crf: bool,
-    settings: str | None,
     checkpoint: Path,
     restart_on_change: bool,
     out_log: Path,
     out: Path,
 ) -> None:
-    """`psa train-seg`: the segmentation network from a split's masks, as a model folder.
-
-    `out` is the folder to write: `weights.pt` and `model.json` (see
-    `psa_core.segmentation`); `scales`, `flip` and `crf` are recorded there
-    as the model's inference defaults, `settings` (JSON) as what made it.
-    """
+    """`psa train-seg`: the segmentation network from a split's masks (weights file `out`);
+    `psa package-seg-model` then makes the model folder that `psa predict` reads."""
     from psa_core.data import read_labels
 
     classes, _ = read_labels(labels)
     names = io.read_lines(images)
-    try:
-        extra = json.loads(settings) if settings else {}
-    except json.JSONDecodeError as exc:
-        raise PsaError(f"--settings: not JSON ({exc}); pass a JSON object") from None
     model = init_model(backbone, "seg", len(classes), init, seed, log, dilation=dilation)
-    optimiser = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "poly_power": poly_power,
-        "momentum": momentum,
-    }
-    training = {
-        "split_images": str(images),
-        "masks": str(masks),
-        "init": str(init) if init else None,
-        **optimiser,
-        "crop_size": crop_size,
-        "resize_long": list(resize_long),
-        "color_jitter": list(color_jitter),
-        "seed": seed,
-        "amp": amp,
-    }
-    out.mkdir(parents=True, exist_ok=True)
     fit_seg(
         model,
         root=root,
@@ -233,23 +201,63 @@ def train_seg(
         amp_dtype=amp,
         device=device,
         num_workers=num_workers,
-        out_weights=out / WEIGHTS_FILE,
+        out_weights=out,
         checkpoint_path=checkpoint,
         log_csv=out_log,
-        config={"init": training["init"], "dilation": dilation},
-        **optimiser,
+        config={"init": str(init) if init else None, "dilation": dilation},
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        poly_power=poly_power,
+        momentum=momentum,
     )
-    write_model_description(
-        out,
-        backbone=backbone,
-        dilation=dilation,
-        classes=classes,
-        normalization=model.normalization,
-        scales=scales,
-        flip=flip,
-        crf=crf,
-        settings={"training": training, **extra},
-    )
+
+
+def package_seg_model(
+    *,
+    weights: Path,
+    labels: Path,
+    backbone: str,
+    dilation: int,
+    scales: Sequence[float],
+    flip: bool,
+    crf: bool,
+    settings: str | None,
+    out: Path,
+) -> None:
+    """`psa package-seg-model`: the model folder (`weights.pt` + `model.json`) of trained
+    weights, with the inference defaults `scales`, `flip`, `crf` and the `settings`
+    (a JSON object: what made the model) recorded in model.json.
+
+    A separate step from training, so that new inference defaults rewrite the
+    description without retraining. The weights are checked to load first.
+    """
+    import shutil
+
+    from psa_core.data import read_labels
+    from psa_core.stages.common import load_trained_model
+
+    classes, _ = read_labels(labels)
+    try:
+        recorded = json.loads(settings) if settings else {}
+    except json.JSONDecodeError as exc:
+        raise PsaError(f"--settings: not JSON ({exc}); pass a JSON object") from None
+    model = load_trained_model(weights, backbone, "seg", len(classes), "cpu", dilation=dilation)
+    with io.atomic_dir(out) as folder:
+        shutil.copyfile(weights, folder / WEIGHTS_FILE)
+        write_model_description(
+            folder,
+            backbone=backbone,
+            dilation=dilation,
+            classes=classes,
+            normalization=model.normalization,
+            scales=scales,
+            flip=flip,
+            crf=crf,
+            settings=recorded,
+        )
+    log.info("model folder written to %s (%d classes + background)", out, len(classes))
 
 
 # -- inference ----------------------------------------------------------------------

@@ -56,6 +56,7 @@ RANDOM_WALK_AND_AFTER = {
     "evaluate_random_walk": 2,
     "export_masks": 1,
     "train_seg": 1,
+    "package_seg_model": 1,
     "infer_seg": 4,
     "evaluate_seg": 2,
     "gallery": 2,
@@ -179,7 +180,7 @@ def test_images_added_to_a_split_rerun_only_the_changed_shards(run_copy: Path) -
     val_list.write_text("\n".join(val + held_back) + "\n")
     untouched = ("cam/weights.pt", "cam/train/*.h5", "cam/val/shard-000.h5", "crf/train/*.h5")
     untouched += ("crf/val/shard-000.h5", "rw/train/*.h5", "rw/val/*-000.h5", "affinity/*.pt")
-    untouched += ("index/train/*", "index/val/shard-000.*", "seg/model/*")
+    untouched += ("index/train/*", "index/val/shard-000.*", "seg/weights.pt", "seg/model/*")
     untouched += ("seg/train/masks/*/*.png", "seg/val/masks/shard-000/*.png")
     before = stamps(run_copy, untouched)
 

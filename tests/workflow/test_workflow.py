@@ -45,6 +45,7 @@ def test_default_config_dry_run(tmp_path: Path) -> None:
         "summarize",
         "gallery",
         "train_seg",
+        "package_seg_model",
         "infer_seg",
         "evaluate_seg",
     ):
@@ -173,6 +174,17 @@ def test_full_run_then_incremental_rebuild(tiny_workdir: Path) -> None:
     proc = run_snakemake(tiny_workdir)
     ran = jobs_run(proc.stdout + proc.stderr)
     assert "train_cam" not in ran and ran.count("infer_cam") == 3, ran
+
+    # New inference defaults of the segmentation network: a new model description and
+    # new masks, no retraining.
+    config["segmentation"]["infer"]["scales"] = [1.0]
+    write_config(tiny_workdir, config)
+    proc = run_snakemake(tiny_workdir)
+    ran = jobs_run(proc.stdout + proc.stderr)
+    assert "train_seg" not in ran and ran.count("package_seg_model") == 1, ran
+    assert ran.count("infer_seg") == 3 and "infer_cam" not in ran, ran
+    description = json.loads((results / "seg/model/model.json").read_text())
+    assert description["inference"]["scales"] == [1.0]
     # (A CRF alpha or random-walk parameter: tests/workflow/test_rebuild.py.)
 
 

@@ -235,6 +235,7 @@ def model_settings():
         "crf": {k: v for k, v in CRF.items() if k != "workers"},
         "affinity": AFF,
         "random_walk": {k: v for k, v in RW.items() if k != "evaluate"},
+        "segmentation": {k: v for k, v in config["segmentation"].items() if k != "infer"},
     }
     if SYNTHETIC:
         upstream["synthetic"] = config["synthetic"]
@@ -244,12 +245,6 @@ def model_settings():
 def flag(name, value):
     """`--name` or `--no-name` for a boolean option."""
     return f"--{name}" if value else f"--no-{name}"
-
-
-def weights_folder(wildcards, input=None, output=None):
-    """The folder of the job's `weights` file (a model folder: weights.pt + model.json)."""
-    files = output if output is not None and "weights" in output.keys() else input
-    return str(Path(files.weights).parent)
 
 
 for _split in all_splits():

@@ -1,6 +1,7 @@
 # Segmentation stage (DESIGN.md §1.6): a DeepLab-LargeFOV-style network trained on
 # the exported random-walk masks; its masks of the evaluation splits per shard,
-# and their evaluation. The model folder is what `psa predict` reads.
+# and their evaluation. The model folder (weights + model.json, its own job so that
+# new inference defaults need no retraining) is what `psa predict` reads.
 SEG = config["segmentation"]
 SEG_INFER = SEG["infer"]
 
@@ -13,8 +14,7 @@ rule train_seg:
         images=out(f"index/{TRAIN_SPLIT}/images.txt"),
         labels=out(f"index/{TRAIN_SPLIT}/labels.json"),
     output:
-        weights=out("seg/model/weights.pt"),
-        description=out("seg/model/model.json"),
+        weights=out("seg/weights.pt"),
         log_csv=out("seg/train_log.csv"),
     log:
         out("logs/train_seg.log"),
@@ -26,7 +26,6 @@ rule train_seg:
     params:
         root=DATA_ROOT,
         masks=out("pseudo_masks/SegmentationClassAug"),
-        model=weights_folder,
         checkpoint=out("seg/train_checkpoint.pt"),
         backbone=BACKBONE,
         init=stage_init_option("segmentation"),
@@ -41,10 +40,6 @@ rule train_seg:
         resize_long=spaced(SEG["resize_long"]),
         jitter=spaced(SEG["color_jitter"][k] for k in JITTER_KEYS),
         num_workers=SEG["num_workers"],
-        scales=spaced(SEG_INFER["scales"]),
-        flip=flag("flip", SEG_INFER["flip"]),
-        crf=flag("crf", SEG_INFER["crf"]),
-        settings=model_settings(),
         seed=config["seed"],
         device=config["device"],
         amp=config["amp"],
@@ -56,16 +51,41 @@ rule train_seg:
         " --poly-power {params.poly_power} --momentum {params.momentum}"
         " --crop-size {params.crop_size} --resize-long {params.resize_long}"
         " --color-jitter {params.jitter} --num-workers {params.num_workers}"
-        " --scales {params.scales} {params.flip} {params.crf} --settings {params.settings}"
         " --seed {params.seed} --device {params.device} --amp {params.amp} --threads {threads}"
         " --checkpoint {params.checkpoint} --restart-on-change --out-log {output.log_csv}"
-        " --out {params.model} > {log} 2>&1"
+        " --out {output.weights} > {log} 2>&1"
+
+
+rule package_seg_model:
+    input:
+        weights=rules.train_seg.output.weights,
+        labels=out(f"index/{TRAIN_SPLIT}/labels.json"),
+    output:
+        model=directory(out("seg/model")),
+    log:
+        out("logs/package_seg_model.log"),
+    benchmark:
+        out("benchmarks/package_seg_model.tsv")
+    conda:
+        "../../envs/psa.yaml"
+    threads: 1
+    params:
+        backbone=BACKBONE,
+        dilation=SEG["dilation"],
+        scales=spaced(SEG_INFER["scales"]),
+        flip=flag("flip", SEG_INFER["flip"]),
+        crf=flag("crf", SEG_INFER["crf"]),
+        settings=model_settings(),
+    shell:
+        "exec python -m psa_core package-seg-model --weights {input.weights}"
+        " --labels {input.labels} --backbone {params.backbone} --dilation {params.dilation}"
+        " --scales {params.scales} {params.flip} {params.crf} --settings {params.settings}"
+        " --out {output.model} > {log} 2>&1"
 
 
 rule infer_seg:
     input:
-        weights=rules.train_seg.output.weights,
-        description=rules.train_seg.output.description,
+        model=rules.package_seg_model.output.model,
         dataset=dataset_input,
         images=out("index/{split}/shard-{shard}.txt"),
     output:
@@ -79,7 +99,6 @@ rule infer_seg:
     threads: 2
     params:
         root=DATA_ROOT,
-        model=weights_folder,
         scales=spaced(SEG_INFER["scales"]),
         flip=flag("flip", SEG_INFER["flip"]),
         crf=flag("crf", SEG_INFER["crf"]),
@@ -88,7 +107,7 @@ rule infer_seg:
         amp=config["amp"],
     shell:
         "exec python -m psa_core infer-seg --root {params.root} --images {input.images}"
-        " --model {params.model} --scales {params.scales} {params.flip} {params.crf}"
+        " --model {input.model} --scales {params.scales} {params.flip} {params.crf}"
         " --batch-size {params.batch_size} --device {params.device} --amp {params.amp}"
         " --threads {threads}"
         " --out-masks {output.masks} > {log} 2>&1"
