@@ -26,7 +26,7 @@ def test_lint_is_clean(tiny_workdir: Path) -> None:
 
 
 def test_default_config_dry_run(tmp_path: Path) -> None:
-    """The repository's own config.yaml gives a valid DAG up to AffinityNet."""
+    """The repository's own config.yaml gives a valid DAG of the whole chain."""
     shutil.copy(REPO / "config.yaml", tmp_path / "config.yaml")
     proc = run_snakemake(tmp_path, "-n", "--quiet", "rules")
     for rule in (
