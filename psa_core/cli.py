@@ -226,11 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "infer-seg",
         "psa_core.stages.segmentation:infer_seg",
-        "masks of one shard from a trained segmentation model folder",
+        "masks of a list of images (or one shard of it) from a segmentation model folder",
     )
     p.add_argument("--root", type=Path, required=True, help="dataset folder (VOC layout)")
     p.add_argument("--images", type=Path, required=True, help="image list from `psa index`")
-    p.add_argument("--model", type=Path, required=True, help="model folder from train-seg")
+    p.add_argument("--model", type=Path, required=True, help="model folder from package-seg-model")
     _shard_args(p)
     _seg_infer_args(p, recorded=False)
     p.add_argument("--batch-size", type=int, default=SEGMENTATION_INFER.batch_size)
@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         "psa_core.stages.segmentation:predict",
         "segment any images with a trained model folder (no labels, no Snakemake)",
     )
-    p.add_argument("--model", type=Path, required=True, help="model folder from train-seg")
+    p.add_argument("--model", type=Path, required=True, help="model folder from package-seg-model")
     p.add_argument(
         "--images", type=Path, required=True, help="a folder of images, a list file or one image"
     )

@@ -5,7 +5,7 @@ The model contract is `psa_core.models.SegNet`: `model.normalization` maps a
 (B, 3, H, W) float RGB tensor in [0, 255] to the network input and
 `model.logits(x)` returns (B, K + 1, h, w) logits at stride 8, background first.
 
-A model folder (what `train_seg` writes, what a user takes away) holds
+A model folder (what `package_seg_model` writes, what a user takes away) holds
 `weights.pt` (the state dict) and `model.json`, which describes it: the format
 tag `MODEL_FORMAT`, backbone and head dilation, the class names (background
 first), the input normalisation, the inference defaults (scales, flip, CRF),
@@ -213,12 +213,14 @@ def read_model_description(folder: str | os.PathLike) -> dict[str, Any]:
     """`folder/model.json`, checked to be a model folder of this format."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise PsaError(f"{folder}: model folder not found; pass the folder train_seg wrote")
+        raise PsaError(
+            f"{folder}: model folder not found; pass the folder package_seg_model wrote (<output_dir>/seg/model)"
+        )
     path = folder / MODEL_FILE
     if not path.is_file():
         raise PsaError(
             f"{folder}: not a segmentation model folder (no {MODEL_FILE}); pass the folder "
-            "train_seg wrote (<output_dir>/seg/model)"
+            "package_seg_model wrote (<output_dir>/seg/model)"
         )
     description = io.read_json(path)
     found = description.get("format") if isinstance(description, dict) else None
@@ -254,7 +256,7 @@ def load_model_folder(
     if io.file_sha256(weights) != description["weights"]["sha256"]:
         raise PsaError(
             f"{weights}: does not match the SHA-256 in {folder / MODEL_FILE}; the folder mixes "
-            "files of two models: copy the folder train_seg wrote as a whole"
+            "files of two models: copy the folder package_seg_model wrote as a whole"
         )
     model = load_trained_model(
         weights,

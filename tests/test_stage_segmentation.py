@@ -1,5 +1,5 @@
-"""The segmentation stage through the `psa` command line: train-seg writes a model folder,
-infer-seg and predict segment with it and agree, bad input is one line."""
+"""The segmentation stage through the `psa` command line: train-seg and package-seg-model
+make a model folder, infer-seg and predict segment with it and agree, bad input is one line."""
 
 from __future__ import annotations
 

@@ -143,6 +143,19 @@ def shard_index(shards: Sequence[Path], names: Sequence[str], what: str) -> dict
     return where
 
 
+def mask_files(folders: Sequence[Path], names: Sequence[str], rule: str) -> dict[str, Path]:
+    """Image name → its NAME.png in the mask folders of `rule`; PsaError naming the first
+    listed image that has none."""
+    files = {p.stem: p for folder in folders for p in Path(folder).glob("*.png")}
+    missing = [n for n in names if n not in files]
+    if missing:
+        raise PsaError(
+            f"the {rule} mask folders lack {len(missing)} listed image(s) (first: "
+            f"'{missing[0]}'); rerun {rule} for this split"
+        )
+    return files
+
+
 def listed_shard_names(shard: Path, images: Path) -> list[str]:
     """The image names a CAM shard holds, each checked to be in the image list `images`."""
     listed = set(io.read_lines(images))

@@ -29,6 +29,7 @@ from psa_core.stages.common import (
     image_paths,
     listed_shard_names,
     load_trained_model,
+    mask_files,
     shard_index,
 )
 
@@ -243,13 +244,7 @@ def export_masks(*, masks: Sequence[Path], images: Path, split: str, root: Path,
     import shutil
 
     names = io.read_lines(images)
-    found = {p.stem: p for folder in masks for p in Path(folder).glob("*.png")}
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise PsaError(
-            f"random-walk masks lack {len(missing)} listed image(s) (first: '{missing[0]}'); "
-            "rerun random_walk for this split"
-        )
+    found = mask_files(masks, names, "random_walk")
     with io.atomic_dir(out) as folder:
         masks_dir = folder / "SegmentationClassAug"
         masks_dir.mkdir()

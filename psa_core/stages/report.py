@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from psa_core import io
-from psa_core.errors import PsaError
 from psa_core.stages.affinity import HIGH, LOW
-from psa_core.stages.common import shard_index
+from psa_core.stages.common import mask_files, shard_index
 
 log = logging.getLogger("psa")
 
@@ -48,8 +47,8 @@ def gallery(
     names = pick_examples(io.read_lines(images), count)
     cam_where = shard_index(cams, names, "CAM")
     crf_where = shard_index(crf, names, "CRF")
-    mask_files = _mask_files(masks, names, "random_walk")
-    seg_files = _mask_files(seg_masks, names, "infer_seg") if seg_masks else {}
+    walk_files = mask_files(masks, names, "random_walk")
+    seg_files = mask_files(seg_masks, names, "infer_seg") if seg_masks else {}
     rows = []
     for name in names:
         cam_maps, _ = io.read_score(cam_where[name], name)
@@ -60,7 +59,7 @@ def gallery(
             "image": io.read_image(image_path(root, name)),
             "CAM": cam_maps.max(axis=0) if len(cam_maps) else np.zeros((height, width), np.float32),
             "CRF labels": crf_label_map(stack[LOW], stack[HIGH], class_ids),
-            "random walk": io.read_mask(mask_files[name]),
+            "random walk": io.read_mask(walk_files[name]),
         }
         if seg_files:
             row["segmentation network"] = io.read_mask(seg_files[name])
@@ -71,12 +70,3 @@ def gallery(
     columns = GALLERY_COLUMNS if seg_files else GALLERY_COLUMNS[:-1]
     gallery_figure(rows, classes, out, columns=columns)
     log.info("gallery of %d images written to %s", len(rows), out)
-
-
-def _mask_files(folders: Sequence[Path], names: Sequence[str], rule: str) -> dict[str, Path]:
-    """name → its NAME.png in the folders; PsaError naming the first listed image without one."""
-    files = {p.stem: p for folder in folders for p in Path(folder).glob("*.png")}
-    missing = [n for n in names if n not in files]
-    if missing:
-        raise PsaError(f"no mask for '{missing[0]}' in the {rule} mask folders; rerun {rule}")
-    return files

@@ -37,7 +37,7 @@ from psa_core.segmentation import (
     size_batches,
     write_model_description,
 )
-from psa_core.stages.common import image_paths, init_model, training_transform
+from psa_core.stages.common import image_paths, init_model, mask_files, training_transform
 from psa_core.training import digest, sample_rng, stage_options, train
 from psa_core.transforms import SegTrainTransform
 
@@ -368,13 +368,9 @@ def evaluate_seg(
 
     classes, _ = read_labels(labels)
     names = io.read_lines(images)
-    found = {p.stem: p for folder in masks for p in Path(folder).glob("*.png")}
+    found = mask_files(masks, names, "infer_seg")
     quality = MaskQuality(len(classes) + 1)
     for name in names:
-        if name not in found:
-            raise PsaError(
-                f"no segmentation mask for '{name}' in the mask folders; rerun infer_seg"
-            )
         gt_file = gt_mask_path(root, name)
         if gt_file is None:
             raise PsaError(
