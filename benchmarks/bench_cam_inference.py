@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
 
-    from psa_core.models import build_model  # the model registry (DESIGN.md §3)
+    from psa_core.models import build_model  # the model registry (docs/design.md §3)
 
     state = None
     num_classes = len(VOC_CLASSES)

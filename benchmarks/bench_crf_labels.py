@@ -24,28 +24,19 @@ from pathlib import Path
 import numpy as np
 
 from psa_core import io
-from psa_core.defaults import CRF
+from psa_core.settings import CrfSettings
 from psa_core.stages.affinity import crf_labels
+from psa_core.stages.common import LabelledImages
 
 
 def run_once(run: Path, root: Path, split: str, shard: str, workers: int, out: Path) -> float:
     """One `crf_labels` call; returns its wall time in seconds."""
     start = time.perf_counter()
+    index = run / "index" / split
     crf_labels(
-        root=root,
-        images=run / "index" / split / "images.txt",
-        labels=run / "index" / split / "labels.json",
+        data=LabelledImages(root=root, images=index / "images.txt", labels=index / "labels.json"),
         cams=run / "cam" / split / f"shard-{shard}.h5",
-        alpha_low=CRF.alpha_low,
-        alpha_high=CRF.alpha_high,
-        iterations=CRF.iterations,
-        gaussian_sxy=CRF.gaussian_sxy,
-        gaussian_compat=CRF.gaussian_compat,
-        bilateral_sxy=CRF.bilateral_sxy,
-        bilateral_srgb=CRF.bilateral_srgb,
-        bilateral_compat=CRF.bilateral_compat,
-        dtype=CRF.dtype,
-        workers=workers,
+        crf=CrfSettings(workers=workers),  # the published values
         out=out / f"w{workers}.h5",
         out_maps=out / f"w{workers}-maps",
     )

@@ -1,4 +1,6 @@
-"""Pixel pairs on the stride-8 feature grid and everything built on them (DESIGN.md §1.2-§1.4).
+"""Pixel pairs on the stride-8 feature grid and everything built on them (docs/design.md §1.2-§1.4):
+the pair layout, pair labels, the affinity loss, the CRF score stacks and AffinityNet's
+training (`fit_affinity`).
 
 One definition of the pair layout serves the affinity network, the pair labels
 and the random walk:
@@ -15,21 +17,33 @@ Pair tensors are laid out (n_offsets, n_from) in that order.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import torch
+from torch import nn
+from torch.utils.data import Dataset
 
+from psa_core import io
 from psa_core.constants import BACKGROUND_INDEX, FEATURE_STRIDE, IGNORE_INDEX
-from psa_core.defaults import AFFINITY_RADIUS
+from psa_core.data import image_paths, verified_image_size
 from psa_core.errors import PsaError
+from psa_core.settings import AffinitySettings, CrfSettings
+from psa_core.training import digest, sample_rng, train
+from psa_core.transforms import AffinityTrainTransform, training_transform
 
-DEFAULT_RADIUS = AFFINITY_RADIUS
+DEFAULT_RADIUS = AffinitySettings.radius
 """Pairs closer than this many feature cells (Euclidean) get an affinity."""
 
 
 def pair_offsets(radius: int = DEFAULT_RADIUS) -> list[tuple[int, int]]:
     """The (dy, dx) offsets with 0 < dy² + dx² < radius², one per unordered pair.
 
-    Order (DESIGN.md §1.2): (0, 1) … (0, radius - 1), then for dy = 1 … radius - 1
+    Order (docs/design.md §1.2): (0, 1) … (0, radius - 1), then for dy = 1 … radius - 1
     every dx = -(radius - 1) … radius - 1 inside the circle. radius = 5 gives 34.
     """
     if radius < 2:
@@ -101,7 +115,7 @@ def check_grid_size(height: int, width: int, radius: int = DEFAULT_RADIUS) -> No
 
 
 def pair_affinities(features: torch.Tensor, radius: int = DEFAULT_RADIUS) -> torch.Tensor:
-    """Affinities a_ij = exp(-mean_c |f_i - f_j|) of every pair (DESIGN.md §1.3).
+    """Affinities a_ij = exp(-mean_c |f_i - f_j|) of every pair (docs/design.md §1.3).
 
     Args:
         features: (B, C, h, w) float, the AffinityNet features.
@@ -122,7 +136,7 @@ def pair_affinities(features: torch.Tensor, radius: int = DEFAULT_RADIUS) -> tor
     return torch.stack(per_offset, dim=1)
 
 
-# -- affinity labels and loss (DESIGN.md §1.2, §1.3) -------------------------
+# -- affinity labels and loss (docs/design.md §1.2, §1.3) -------------------------
 
 AFFINITY_EPS = 1e-5
 """Added inside the logs and to the pair counts of `affinity_loss` (the reference's 1e-5)."""
@@ -134,7 +148,7 @@ NO_SCORE_EPS = 1e-5
 def pair_labels(
     label: np.ndarray, radius: int = DEFAULT_RADIUS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The three pair-label maps of a stride-8 label map (DESIGN.md §1.2, §3).
+    """The three pair-label maps of a stride-8 label map (docs/design.md §1.2, §3).
 
     Args:
         label: (h, w) integer label map on the feature grid, e.g. from
@@ -172,7 +186,7 @@ def pair_labels(
 def affinity_loss(
     aff: torch.Tensor, bg_pos: torch.Tensor, fg_pos: torch.Tensor, neg: torch.Tensor
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The AffinityNet loss `bg/4 + fg/4 + neg/2` (DESIGN.md §1.3).
+    """The AffinityNet loss `bg/4 + fg/4 + neg/2` (docs/design.md §1.3).
 
     `bg = Σ -bg_pos·log(a + ε) / (Σ bg_pos + ε)`, `fg` likewise with fg_pos,
     `neg = Σ -neg·log(1 + ε - a) / (Σ neg + ε)`, ε = `AFFINITY_EPS`. The sums
@@ -227,7 +241,7 @@ def affinity_loss(
 def crf_label_map(
     la: np.ndarray, ha: np.ndarray, class_ids: np.ndarray | None = None
 ) -> np.ndarray:
-    """Labels from the low- and high-alpha CRF score stacks (DESIGN.md §1.2).
+    """Labels from the low- and high-alpha CRF score stacks (docs/design.md §1.2).
 
     The one home of this rule, for the full-resolution label PNGs and the
     stride-8 training labels alike: `argmax(la)`; where that is background,
@@ -279,7 +293,7 @@ def crf_label_map(
 
 
 def pool_scores(scores: np.ndarray, stride: int = FEATURE_STRIDE) -> np.ndarray:
-    """Average-pool the two leading (H, W) axes in stride × stride blocks (DESIGN.md §1.2).
+    """Average-pool the two leading (H, W) axes in stride × stride blocks (docs/design.md §1.2).
 
     Where H or W is not a multiple of `stride` the last blocks are padded
     with zeros and still divided by stride² (skimage `block_reduce` with
@@ -312,7 +326,7 @@ def pool_scores(scores: np.ndarray, stride: int = FEATURE_STRIDE) -> np.ndarray:
 def affinity_training_labels(
     la: np.ndarray, ha: np.ndarray, radius: int = DEFAULT_RADIUS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pair labels of one augmented training sample (DESIGN.md §1.2).
+    """Pair labels of one augmented training sample (docs/design.md §1.2).
 
     Pools both score stacks to the stride-8 grid (`pool_scores`), labels the
     cells (`crf_label_map`, stack positions) and pairs them (`pair_labels`).
@@ -330,3 +344,151 @@ def affinity_training_labels(
     la_cells = np.moveaxis(pool_scores(la), -1, 0)
     ha_cells = np.moveaxis(pool_scores(ha), -1, 0)
     return pair_labels(crf_label_map(la_cells, ha_cells), radius)
+
+
+# -- CRF score stacks and AffinityNet training (docs/design.md §1.2, §1.3) ------------------
+
+LOW, HIGH = 0, 1
+"""Index of the low- and high-alpha stack in a CRF shard's (2, C + 1, H, W) datasets."""
+
+
+def checked_size(path: Path, name: str, maps: np.ndarray, image: np.ndarray, what: str) -> None:
+    """PsaError unless score maps (..., H, W) from `path` match the image (H, W, 3)."""
+    if maps.shape[-2:] != image.shape[:2]:
+        raise PsaError(
+            f"{path}: {what} of '{name}' are {maps.shape[-1]}x{maps.shape[-2]} but the image is "
+            f"{image.shape[1]}x{image.shape[0]}; they come from another dataset: delete the "
+            "shard and rerun the stage that makes it"
+        )
+
+
+def crf_stacks_job(job: tuple[np.ndarray, np.ndarray, CrfSettings]) -> np.ndarray:
+    """(image, cams, the `crf` section) → the (2, C + 1, H, W) float32 la / ha stacks of
+    docs/design.md §1.2; a picklable job for a worker process."""
+    from psa_core.crf import crf_score_stacks
+
+    image, cams, settings = job
+    la, ha = crf_score_stacks(
+        image,
+        cams,
+        alpha_low=settings.alpha_low,
+        alpha_high=settings.alpha_high,
+        **settings.kernel_options(),
+    )
+    return np.stack([la, ha])
+
+
+class AffinityTrainDataset(Dataset):
+    """Images, their CRF score stacks and the pair labels of AffinityNet (docs/design.md §1.2).
+
+    Keys are `(epoch, index)`; sample `index` of `epoch` is augmented with
+    `sample_rng(seed, epoch, index)`: colour jitter, then one crop and flip of
+    the image and both score stacks together (`AffinityTrainTransform`),
+    then 8×8 pooling, the label rules and the pair masks
+    (`affinity_training_labels`). Stacks are read from the shards one image
+    at a time, so a VOC-sized split needs no memory for them.
+
+    Items: (image (3, crop, crop) float32, bg_pos, fg_pos, neg: each
+    (n_offsets, n_from) float32).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        names: Sequence[str],
+        shards: Mapping[str, Path],
+        transform: AffinityTrainTransform,
+        seed: int,
+        radius: int = DEFAULT_RADIUS,
+    ):
+        if not names:
+            raise PsaError("training set: the image list is empty; check the split")
+        self.names = list(names)
+        self.paths = image_paths(root, self.names)
+        self.shards = [Path(shards[n]) for n in self.names]
+        self._check_sizes()
+        self.transform = transform
+        self.seed = seed
+        self.radius = radius
+
+    def _check_sizes(self) -> None:
+        """Every image decodes and matches its CRF stacks, checked before training starts."""
+        shapes: dict[Path, dict[str, tuple[int, ...]]] = {}
+        for name, path, shard in zip(self.names, self.paths, self.shards, strict=True):
+            if shard not in shapes:
+                shapes[shard] = io.read_score_shapes(shard)
+            height, width = shapes[shard][name][-2:]
+            image_w, image_h = verified_image_size(path)
+            if (image_w, image_h) != (width, height):
+                raise PsaError(
+                    f"{shard}: CRF scores of '{name}' are {width}x{height} but the image is "
+                    f"{image_w}x{image_h}; they come from another dataset: delete the shard and "
+                    "rerun crf_labels"
+                )
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        epoch, index = key
+        name, shard = self.names[index], self.shards[index]
+        image = io.read_image(self.paths[index])
+        stack, _ = io.read_score(shard, name)
+        checked_size(shard, name, stack, image, "CRF scores")
+        num_scores = stack.shape[1]
+        scores = np.moveaxis(stack.reshape(-1, *stack.shape[-2:]), 0, -1)  # (H, W, 2(C + 1))
+        x, scores = self.transform(image, scores, sample_rng(self.seed, epoch, index))
+        labels = affinity_training_labels(
+            scores[..., :num_scores], scores[..., num_scores:], self.radius
+        )
+        return (torch.from_numpy(x), *(torch.from_numpy(label) for label in labels))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes the data of a run: names, CRF settings, augmentation, seed, radius."""
+        shard_attrs = {}
+        for shard in dict.fromkeys(self.shards):
+            attrs = io.read_score_shard_attrs(shard)
+            shard_attrs[shard.name] = {k: v for k, v in attrs.items() if k != "psa_core_version"}
+        return {
+            "kind": "affinity",
+            "num_images": len(self.names),
+            "names": digest(self.names),
+            "crf": digest(shard_attrs),
+            "transform": dataclasses.asdict(self.transform),
+            "seed": self.seed,
+            "radius": self.radius,
+        }
+
+
+def affinity_pair_loss(
+    model: nn.Module, batch: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, Mapping[str, torch.Tensor]]:
+    """The AffinityNet loss of a batch (docs/design.md §1.3); parts: the three terms, the pair counts."""
+    images, bg_pos, fg_pos, neg = batch
+    return affinity_loss(model(images), bg_pos, fg_pos, neg)
+
+
+def fit_affinity(
+    model: nn.Module,
+    root: str | os.PathLike,
+    names: Sequence[str],
+    shards: Mapping[str, Path],
+    settings: AffinitySettings,
+    *,
+    seed: int = 0,
+    **loop: Any,
+) -> dict[str, Any]:
+    """Train AffinityNet (docs/design.md §1.3) on CRF score shards, on the shared loop.
+
+    Args:
+        model: an affinity model (`create_model(backbone, "affinity")`),
+            initial weights loaded.
+        names: training images; shards: name → CRF shard holding its stacks.
+        settings: the `affinity` section (optimiser, augmentation; defaults published).
+        seed: data order, augmentation, dropout.
+        loop: the other keywords of `psa_core.training.train` (out_weights,
+            checkpoint_path, log_csv, device, …).
+    """
+    transform = training_transform(AffinityTrainTransform, model.normalization, settings)
+    dataset = AffinityTrainDataset(root, names, shards, transform, seed, model.radius)
+    return train(model, dataset, affinity_pair_loss, settings, seed=seed, **loop)

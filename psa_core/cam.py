@@ -1,25 +1,40 @@
-"""Class activation maps at inference: multi-scale fusion and CAM segmentation.
+"""The classification network's side of PSA (docs/design.md §1.1): its training (datasets,
+loss, `fit_cam`) and its class activation maps at inference (multi-scale fusion, CAM
+segmentation).
 
-DESIGN.md §1.1 (inference). The model contract: `model.normalization` maps a
+The model contract: `model.normalization` maps a
 (B, 3, H, W) float RGB tensor in [0, 255] to the network input, and
 `model.cam(x)` returns (B, K, h, w) ReLU class activation maps at stride 8.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
 
+from psa_core import io
 from psa_core.constants import BACKGROUND_INDEX, IGNORE_INDEX
-from psa_core.defaults import CAM_INFER
+from psa_core.data import check_names, image_paths
 from psa_core.errors import PsaError
+from psa_core.settings import CamInferSettings, CamSettings
+from psa_core.training import digest, sample_rng, train
+from psa_core.transforms import (
+    CamTrainTransform,
+    CenterCropTransform,
+    training_transform,
+)
 
-DEFAULT_SCALES: tuple[float, ...] = CAM_INFER.scales
-"""Published inference scales (DESIGN.md §1.1); each also runs flipped."""
+DEFAULT_SCALES: tuple[float, ...] = CamInferSettings.scales
+"""Published inference scales (docs/design.md §1.1); each also runs flipped."""
 
 NORM_EPS = 1e-5
 """Added to each class map's max before dividing (published value)."""
@@ -33,7 +48,7 @@ def multiscale_cam(
     *,
     amp_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
-    """Fused multi-scale, flip-augmented CAMs of one image (DESIGN.md §1.1).
+    """Fused multi-scale, flip-augmented CAMs of one image (docs/design.md §1.1).
 
     For every scale s the original image is resized with PIL bicubic to
     (round(W·s), round(H·s)) (Python's `round`, as in the published code),
@@ -103,7 +118,7 @@ def cams_to_segmentation(
 ) -> np.ndarray:
     """CAMs as a segmentation: argmax over [constant background, class maps].
 
-    DESIGN.md §1.1. A pixel is background where no class map exceeds
+    docs/design.md §1.1. A pixel is background where no class map exceeds
     `bg_threshold` (a tie goes to background, as `np.argmax` over the stack
     with background first would decide). The comparison is made in float32,
     as the published code does with its float32 background plane.
@@ -187,3 +202,133 @@ def model_device(model: torch.nn.Module) -> torch.device:
     for tensor in model.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+# -- training data, loss and fit ------------------------------------------------
+
+
+class _LabelledImages(Dataset):
+    """Image paths and (K,) float32 labels of a list of names, checked up front, and the
+    transform that makes a network input of an image."""
+
+    what = "image set"
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        names: Sequence[str],
+        labels: Mapping[str, np.ndarray],
+        transform: Any,
+    ):
+        check_names(names, labels, self.what)
+        self.names = list(names)
+        self.paths = image_paths(root, self.names)
+        self.labels = [np.asarray(labels[n], dtype=np.float32) for n in self.names]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class CamTrainDataset(_LabelledImages):
+    """Augmented images and image-level labels for CAM training.
+
+    Keys are `(epoch, index)`; sample `index` of `epoch` is augmented by the
+    `CamTrainTransform` with `sample_rng(seed, epoch, index)`.
+
+    Items: (image (3, crop, crop) float32 normalised, label (K,) float32).
+    """
+
+    what = "training set"
+
+    def __init__(self, root, names, labels, transform: CamTrainTransform, seed: int) -> None:
+        super().__init__(root, names, labels, transform)
+        self.seed = seed
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        image = io.read_image(self.paths[index])
+        x = self.transform(image, sample_rng(self.seed, epoch, index))
+        return torch.from_numpy(x), torch.from_numpy(self.labels[index])
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes the data of a run: names, labels, augmentation, seed."""
+        return {
+            "kind": "cam",
+            "num_images": len(self.names),
+            "names": digest(self.names),
+            "labels": digest([lab.tolist() for lab in self.labels]),
+            "transform": dataclasses.asdict(self.transform),
+            "seed": self.seed,
+        }
+
+
+class CamEvalDataset(_LabelledImages):
+    """Validation images for the CAM loss, through a `CenterCropTransform` (no augmentation).
+
+    Keys are plain indices. Items as in `CamTrainDataset`.
+    """
+
+    what = "validation set"
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.transform(io.read_image(self.paths[index]))
+        return torch.from_numpy(x), torch.from_numpy(self.labels[index])
+
+
+def multilabel_soft_margin_loss(
+    model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The CAM loss (docs/design.md §1.1): multi-label soft margin on the K logits.
+
+    batch: (images (B, 3, H, W) float32, labels (B, K) float32 of 0/1).
+    """
+    images, labels = batch
+    logits = model(images)
+    return F.multilabel_soft_margin_loss(logits.float(), labels.float()), {}
+
+
+def fit_cam(
+    model: nn.Module,
+    root: str | os.PathLike,
+    names: Sequence[str],
+    labels: Mapping[str, np.ndarray],
+    settings: CamSettings,
+    *,
+    seed: int = 0,
+    val_names: Sequence[str] | None = None,
+    val_crop_size: int | None = None,
+    **loop: Any,
+) -> dict[str, Any]:
+    """Train the classification network of docs/design.md §1.1 on the shared loop.
+
+    Args:
+        model: a CAM model (`create_model(backbone, "cam", K)`), initial
+            weights loaded; `model.normalization` is its input convention.
+        root: dataset folder in the VOC layout (root/JPEGImages/NAME.jpg).
+        names: training image names; labels: name -> (K,) 0/1 array (every
+            training and validation name must be present).
+        settings: the `cam` section (optimiser, augmentation; defaults published).
+        seed: data order, augmentation, dropout.
+        val_names: optional validation images; their loss on a centred
+            `val_crop_size` window (default the crop size) is logged per epoch.
+        loop: the other keywords of `psa_core.training.train` (out_weights,
+            checkpoint_path, log_csv, device, …).
+    """
+    transform = training_transform(CamTrainTransform, model.normalization, settings)
+    dataset = CamTrainDataset(root, names, labels, transform, seed)
+    val_dataset = None
+    if val_names:
+        crop_size = val_crop_size or settings.crop_size
+        val_dataset = CamEvalDataset(
+            root, val_names, labels, CenterCropTransform(model.normalization, crop_size)
+        )
+    return train(
+        model,
+        dataset,
+        multilabel_soft_margin_loss,
+        settings,
+        seed=seed,
+        val_dataset=val_dataset,
+        **loop,
+    )

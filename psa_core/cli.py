@@ -1,407 +1,275 @@
 """The `psa` console script (also `python -m psa_core`): one subcommand a stage step.
 
-The CLI only parses and dispatches: each subcommand names its driver in
-`psa_core.stages` and calls it with the options as keyword arguments. Option
-defaults come from `psa_core.defaults`. It never reads config.yaml: the
-Snakemake rules pass every value. User errors (`PsaError`) print one line and
-exit 2; an interrupted training exits 128 + signal.
+The CLI only parses and dispatches: each subcommand is a driver function of
+`psa_core.stages`, and its options are generated from the driver's signature
+(`COMMANDS`): files as plain options, settings sections as an option per
+field (`--lr`, `--crop-size`, …, grouped by section in `--help`, with their
+defaults and descriptions, all from `psa_core.settings`). `--settings` takes
+the same values as JSON or as a JSON / YAML file shaped like config.yaml.
+Precedence: published defaults < `--settings` < options.
+
+It never reads config.yaml by itself: the Snakemake rules pass each job's
+sections as one JSON value. User errors (`PsaError`) print one line and exit
+2; an interrupted training exits 128 + signal.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
+import inspect
 import logging
 import os
+import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from psa_core import __version__
-from psa_core.defaults import (
-    AFFINITY_RADIUS,
-    AFFINITY_TRAIN,
-    CAM_EVALUATE,
-    CAM_INFER,
-    CAM_TRAIN,
-    CRF,
-    JITTER_KEYS,
-    RANDOM_WALK,
-    RANDOM_WALK_EVALUATE,
-    REPORT,
-    SEGMENTATION_DILATION,
-    SEGMENTATION_INFER,
-    SEGMENTATION_TRAIN,
-    SYNTHETIC,
-    TrainDefaults,
-)
+from psa_core import __version__, settings
 from psa_core.errors import PsaError, TrainingInterrupted
+from psa_core.stages import affinity, cam, config, data, random_walk, report, segmentation
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _comma_list(text: str) -> list[str]:
-    return [item for item in text.split(",") if item]
+COMMANDS: dict[str, Callable[..., None]] = {
+    "config-schema": config.print_schema,
+    "synth": data.synth,
+    "index": data.index,
+    "train-cam": cam.train_cam,
+    "infer-cam": cam.infer_cam,
+    "evaluate-cam": cam.evaluate_cam,
+    "crf-labels": affinity.crf_labels,
+    "evaluate-crf-labels": affinity.evaluate_crf_labels,
+    "train-affinity": affinity.train_affinity,
+    "random-walk": random_walk.random_walk_shard,
+    "evaluate-random-walk": random_walk.evaluate_random_walk,
+    "export-masks": random_walk.export_masks,
+    "train-seg": segmentation.train_seg,
+    "package-seg-model": segmentation.package_seg_model,
+    "infer-seg": segmentation.infer_seg,
+    "evaluate-seg": segmentation.evaluate_seg,
+    "predict": segmentation.predict,
+    "summarize": random_walk.summarize,
+    "gallery": report.gallery,
+}
+"""Subcommand → its driver. Each driver's keyword parameters are its options:
+
+- a settings section (a class of `psa_core.settings.SECTIONS`): an option per
+  field (`Keys(...)` in `Annotated` picks some), and `--settings`;
+- a group of files (a dataclass of `psa_core.stages.common`): an option per field;
+- `Path`, `str`, `int | None`, `bool` and sequences of them: one option, its help
+  from the driver's docstring (`Args:`).
+"""
+
+SECTION_PATHS = {cls: path for path, cls in settings.SECTIONS.items()}
+
+_ARG_DOC = re.compile(r"^ {8}(\w+): (.+(?:\n {12,}.+)*)", re.M)
 
 
-def _driver(spec: str) -> Callable[..., None]:
-    """'module:function' → the stage driver (imported late: `psa --help` needs no torch)."""
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """How one driver parameter is read from the command line."""
+
+    name: str
+    kind: str  # "section", "overrides", "recorded", "group" or "value"
+    type: Any
+    path: str = ""  # the section, for "section" and "overrides"
+    keys: tuple[str, ...] | None = None  # the section's keys offered, None = all
+
+
+def parameters(driver: Callable[..., None]) -> list[Parameter]:
+    """The driver's keyword parameters, classified from their annotations."""
+    hints = typing.get_type_hints(driver, include_extras=True)
+    found = []
+    for name in inspect.signature(driver).parameters:
+        hint, marks = hints[name], ()
+        if typing.get_origin(hint) is typing.Annotated:
+            hint, *marks = typing.get_args(hint)
+        keys = next((m.names for m in marks if isinstance(m, settings.Keys)), None)
+        override = next((m for m in marks if isinstance(m, settings.Overrides)), None)
+        if override is not None:
+            found.append(Parameter(name, "overrides", hint, override.path))
+        elif any(isinstance(m, settings.Recorded) for m in marks):
+            found.append(Parameter(name, "recorded", hint))
+        elif hint in SECTION_PATHS:
+            found.append(Parameter(name, "section", hint, SECTION_PATHS[hint], keys))
+        elif dataclasses.is_dataclass(hint):
+            found.append(Parameter(name, "group", hint))
+        else:
+            found.append(Parameter(name, "value", hint))
+    return found
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _value_kwargs(tp: Any, help_: str, default: Any = dataclasses.MISSING) -> dict[str, Any]:
+    """argparse keywords of a file or value option of type `tp`."""
+    optional = settings.is_optional(tp)
+    base = typing.get_args(tp)[0] if optional else tp
+    kwargs: dict[str, Any] = {"help": help_}
+    if base is bool:
+        return {**kwargs, "action": "store_true"}
+    if typing.get_origin(base) in (Sequence, list, tuple):
+        kwargs["nargs"] = "+"
+        base = typing.get_args(base)[0]
+    kwargs["type"] = base
+    if optional or default is not dataclasses.MISSING:
+        kwargs["default"] = None if default is dataclasses.MISSING else default
+    else:
+        kwargs["required"] = True
+    return kwargs
+
+
+def _arg_docs(driver: Callable[..., None]) -> dict[str, str]:
+    """`name: help` of the driver docstring's Args section, joined to one line each."""
+    doc = (driver.__doc__ or "").partition("Args:")[2]
+    return {m[0]: " ".join(m[1].split()) for m in _ARG_DOC.findall(doc)}
+
+
+def _summary(driver: Callable[..., None]) -> str:
+    """The driver's docstring's first paragraph, less its "`psa name`: " prefix."""
+    first = " ".join((driver.__doc__ or "").strip().split("\n\n")[0].split())
+    return re.sub(r"^`psa [\w-]+`: ", "", first).rstrip(".")
+
+
+def _option_kwargs(setting: settings.Setting, model_default: bool) -> dict[str, Any]:
+    """argparse keywords of a setting's option (its type, arity, help with the default)."""
+    group = settings.group_class(setting.type)
+    base = typing.get_args(setting.type)[0] if settings.is_optional(setting.type) else setting.type
+    kwargs: dict[str, Any] = {"default": argparse.SUPPRESS}
+    if group is not None:
+        names = [f.name for f in dataclasses.fields(group)]
+        kwargs.update(type=float, nargs=len(names), metavar=tuple(n.upper() for n in names))
+        shown = " ".join(str(v) for v in settings.as_dict(setting.default).values())
+    elif base is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+        shown = str(setting.default)
+    elif typing.get_origin(base) is tuple:
+        args = typing.get_args(base)
+        fixed = not (len(args) == 2 and args[1] is Ellipsis)
+        kwargs.update(type=args[0], nargs=len(args) if fixed else "+")
+        shown = " ".join(str(v) for v in setting.default) if setting.default else "none"
+    else:
+        kwargs["type"] = base
+        shown = str(setting.default)
+    if group is None and base is not bool and "enum" not in setting.schema:
+        kwargs["metavar"] = setting.name.upper()
+    if "enum" in setting.schema:
+        kwargs["choices"] = setting.schema["enum"]
+    default = "the model's" if model_default else shown
+    kwargs["help"] = f"{setting.description} (default: {default})"
+    return kwargs
+
+
+def _dest(keyword: str, name: str) -> str:
+    return f"settings__{keyword}__{name}"
+
+
+def _add_section(parser: argparse.ArgumentParser, param: Parameter, add: Callable) -> None:
+    group = parser.add_argument_group(f"{param.path or 'run'} settings")
+    for setting in settings.fields(settings.SECTIONS[param.path]):
+        if setting.cli and (param.keys is None or setting.name in param.keys):
+            kwargs = _option_kwargs(setting, param.kind == "overrides")
+            add(group, _flag(setting.name), dest=_dest(param.name, setting.name), **kwargs)
+
+
+def _add_command(sub: Any, name: str, driver: Callable[..., None]) -> None:
+    summary = _summary(driver)
+    p = sub.add_parser(name, help=summary, description=summary)
+    p.set_defaults(driver=driver)
+    taken: set[str] = set()
+
+    def add(target: Any, flag: str, **kwargs: Any) -> None:
+        if flag in taken:
+            raise ValueError(f"psa {name}: option {flag} comes from two parameters")
+        taken.add(flag)
+        target.add_argument(flag, **kwargs)
+
+    docs = _arg_docs(driver)
+    params = parameters(driver)
+    for param in params:
+        if param.kind == "value":
+            add(p, _flag(param.name), dest=param.name, **_value_kwargs(param.type, docs[param.name]))
+        elif param.kind == "group":
+            types = typing.get_type_hints(param.type)
+            for field in dataclasses.fields(param.type):
+                kwargs = _value_kwargs(types[field.name], field.metadata["help"], field.default)
+                add(p, _flag(field.name), dest=f"group__{param.name}__{field.name}", **kwargs)
+    if any(param.kind in ("section", "overrides") for param in params):
+        add(
+            p,
+            "--settings",
+            metavar="JSON_OR_FILE",
+            help="settings as a JSON object or a JSON / YAML file shaped like config.yaml "
+            "(its other sections are ignored); the options below override it",
+        )
+        if any(param.name == "run" for param in params):
+            add(p, "--threads", type=int, help="CPU threads for torch (default: torch's)")
+        for param in params:
+            if param.kind in ("section", "overrides"):
+                _add_section(p, param, add)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `psa` parser: one subcommand per `COMMANDS` entry."""
     parser = argparse.ArgumentParser(
         prog="psa",
         description="PSA / AffinityNet pipeline stages (the Snakemake rules call these).",
     )
     parser.add_argument("--version", action="version", version=f"psa_core {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(name: str, driver: str, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(driver=driver)
-        return p
-
-    p = add(
-        "synth", "psa_core.stages.data:synth", "generate the synthetic dataset in the VOC layout"
-    )
-    p.add_argument("--out", type=Path, required=True, help="dataset folder to create")
-    p.add_argument("--seed", type=int, default=SYNTHETIC.seed)
-    p.add_argument("--num-train", type=int, default=SYNTHETIC.num_train)
-    p.add_argument("--num-val", type=int, default=SYNTHETIC.num_val)
-    p.add_argument(
-        "--image-size", type=int, nargs=2, default=SYNTHETIC.image_size, metavar=("MIN", "MAX")
-    )
-    p.add_argument("--num-classes", type=int, default=SYNTHETIC.num_classes)
-
-    p = add("index", "psa_core.stages.data:index", "list a split's images and image-level labels")
-    p.add_argument("--root", type=Path, required=True, help="dataset folder (VOC layout)")
-    p.add_argument("--split", required=True, help="split name, e.g. train, val, train_aug")
-    p.add_argument("--classes", type=_comma_list, default=None, help="comma-separated class names")
-    _shard_args(p)
-    p.add_argument("--out-images", type=Path, required=True, help="image list to write (.txt)")
-    p.add_argument("--out-labels", type=Path, required=True, help="labels to write (.json)")
-
-    p = add("train-cam", "psa_core.stages.cam:train_cam", "train the classifier (resumable)")
-    _data_args(p)
-    _model_args(p)
-    _train_args(p, CAM_TRAIN)
-    p.add_argument("--val-images", type=Path, default=None, help="images for a validation loss")
-    p.add_argument("--val-labels", type=Path, default=None, help="their labels (.json)")
-    _runtime_args(p)
-
-    p = add(
-        "infer-cam",
-        "psa_core.stages.cam:infer_cam",
-        "multi-scale CAMs of an image list, or of one shard of it (HDF5)",
-    )
-    _data_args(p)
-    _model_args(p, weights="trained CAM weights (.pt/.pth)")
-    _shard_args(p)
-    p.add_argument("--scales", type=float, nargs="+", default=CAM_INFER.scales)
-    p.add_argument("--dtype", choices=STORAGE_DTYPES, default=CAM_INFER.dtype)
-    _runtime_args(p)
-    p.add_argument("--out", type=Path, required=True, help="HDF5 shard to write")
-
-    p = add("evaluate-cam", "psa_core.stages.cam:evaluate_cam", "CAM mIoU over a threshold sweep")
-    _data_args(p)
-    p.add_argument("--cams", type=Path, nargs="+", required=True, help="HDF5 CAM shards")
-    p.add_argument("--thresholds", type=float, nargs="+", default=CAM_EVALUATE.thresholds)
-    p.add_argument("--bg-threshold", type=float, default=CAM_EVALUATE.bg_threshold)
-    p.add_argument("--out-json", type=Path, required=True)
-    p.add_argument("--out-csv", type=Path, required=True)
-    p.add_argument("--out-svg", type=Path, required=True)
-
-    p = add(
-        "crf-labels",
-        "psa_core.stages.affinity:crf_labels",
-        "dense-CRF score stacks (low / high alpha) and label maps of one CAM shard",
-    )
-    _data_args(p)
-    p.add_argument("--cams", type=Path, required=True, help="the shard's CAMs (HDF5)")
-    p.add_argument("--alpha-low", type=float, default=CRF.alpha_low)
-    p.add_argument("--alpha-high", type=float, default=CRF.alpha_high)
-    p.add_argument("--iterations", type=int, default=CRF.iterations, help="mean-field steps")
-    p.add_argument("--gaussian-sxy", type=float, default=CRF.gaussian_sxy)
-    p.add_argument("--gaussian-compat", type=float, default=CRF.gaussian_compat)
-    p.add_argument("--bilateral-sxy", type=float, default=CRF.bilateral_sxy)
-    p.add_argument("--bilateral-srgb", type=float, default=CRF.bilateral_srgb)
-    p.add_argument("--bilateral-compat", type=float, default=CRF.bilateral_compat)
-    p.add_argument("--dtype", choices=STORAGE_DTYPES, default=CRF.dtype)
-    p.add_argument("--workers", type=int, default=CRF.workers, help="processes over the images")
-    p.add_argument("--out", type=Path, required=True, help="HDF5 shard of score stacks to write")
-    p.add_argument("--out-maps", type=Path, required=True, help="folder of label-map PNGs to write")
-
-    p = add(
-        "evaluate-crf-labels",
-        "psa_core.stages.affinity:evaluate_crf_labels",
-        "score the CRF label maps (confident fg / bg, uncertain) against ground truth",
-    )
-    _data_args(p)
-    p.add_argument("--crf", type=Path, nargs="+", required=True, help="HDF5 CRF shards")
-    p.add_argument("--out-json", type=Path, required=True)
-    p.add_argument("--out-csv", type=Path, required=True)
-
-    p = add(
-        "train-affinity",
-        "psa_core.stages.affinity:train_affinity",
-        "train AffinityNet on the CRF labels (resumable)",
-    )
-    _data_args(p)
-    p.add_argument("--crf", type=Path, nargs="+", required=True, help="HDF5 CRF shards")
-    _model_args(p)
-    _train_args(p, AFFINITY_TRAIN)
-    p.add_argument("--radius", type=int, default=AFFINITY_RADIUS, help="pair radius (cells)")
-    _runtime_args(p)
-
-    p = add(
-        "random-walk",
-        "psa_core.stages.random_walk:random_walk_shard",
-        "propagate one CAM shard over AffinityNet's affinities into masks",
-    )
-    _data_args(p)
-    p.add_argument("--cams", type=Path, required=True, help="the shard's CAMs (HDF5)")
-    _model_args(p, weights="trained AffinityNet weights (.pt/.pth)")
-    p.add_argument("--radius", type=int, default=AFFINITY_RADIUS, help="pair radius (cells)")
-    _walk_args(p)
-    _runtime_args(p)
-    p.add_argument("--out", type=Path, required=True, help="HDF5 shard of walked scores")
-    p.add_argument("--out-affinity", type=Path, required=True, help="HDF5 shard of affinities")
-    p.add_argument("--out-masks", type=Path, required=True, help="folder of mask PNGs")
-
-    p = add(
-        "evaluate-random-walk",
-        "psa_core.stages.random_walk:evaluate_random_walk",
-        "mIoU of the random-walk masks, with a sweep over the walk's alpha",
-    )
-    _data_args(p)
-    p.add_argument("--walks", type=Path, nargs="+", required=True, help="walked-score shards")
-    p.add_argument("--affinities", type=Path, nargs="+", required=True, help="affinity shards")
-    p.add_argument("--cams", type=Path, nargs="+", required=True, help="CAM shards")
-    _walk_args(p)
-    p.add_argument("--alphas", type=float, nargs="+", default=RANDOM_WALK_EVALUATE.alphas)
-    p.add_argument("--out-json", type=Path, required=True)
-    p.add_argument("--out-csv", type=Path, required=True)
-    p.add_argument("--out-plot", type=Path, required=True, help="sweep plot (.svg or .png)")
-
-    p = add(
-        "export-masks",
-        "psa_core.stages.random_walk:export_masks",
-        "a split's random-walk masks as a VOC-style folder for segmentation trainers",
-    )
-    p.add_argument("--root", type=Path, required=True, help="dataset folder (VOC layout)")
-    p.add_argument("--images", type=Path, required=True, help="image list from `psa index`")
-    p.add_argument("--split", required=True, help="name of the list file to write")
-    p.add_argument("--masks", type=Path, nargs="+", required=True, help="mask folders")
-    p.add_argument("--out", type=Path, required=True, help="folder to create")
-
-    p = add(
-        "train-seg",
-        "psa_core.stages.segmentation:train_seg",
-        "train the segmentation network on a split's masks (resumable)",
-    )
-    _data_args(p)
-    p.add_argument("--masks", type=Path, required=True, help="folder of NAME.png training masks")
-    _model_args(p)
-    p.add_argument("--dilation", type=int, default=SEGMENTATION_DILATION, help="head's 3x3 rate")
-    _train_args(p, SEGMENTATION_TRAIN)
-    _runtime_args(p)
-
-    p = add(
-        "package-seg-model",
-        "psa_core.stages.segmentation:package_seg_model",
-        "a model folder (weights.pt + model.json) for psa predict, from trained weights",
-    )
-    p.add_argument("--weights", type=Path, required=True, help="weights from train-seg (.pt)")
-    p.add_argument("--labels", type=Path, required=True, help="labels from `psa index` (classes)")
-    p.add_argument("--backbone", default="tiny", help="resnet38d, vgg16d or tiny")
-    p.add_argument("--dilation", type=int, default=SEGMENTATION_DILATION, help="head's 3x3 rate")
-    _seg_infer_args(p, recorded=False)
-    p.add_argument("--settings", default=None, help="JSON object recorded in model.json")
-    p.add_argument("--out", type=Path, required=True, help="model folder to write")
-
-    p = add(
-        "infer-seg",
-        "psa_core.stages.segmentation:infer_seg",
-        "masks of a list of images (or one shard of it) from a segmentation model folder",
-    )
-    p.add_argument("--root", type=Path, required=True, help="dataset folder (VOC layout)")
-    p.add_argument("--images", type=Path, required=True, help="image list from `psa index`")
-    p.add_argument("--model", type=Path, required=True, help="model folder from package-seg-model")
-    _shard_args(p)
-    _seg_infer_args(p, recorded=False)
-    p.add_argument("--batch-size", type=int, default=SEGMENTATION_INFER.batch_size)
-    _runtime_args(p)
-    p.add_argument("--out-masks", type=Path, required=True, help="folder of mask PNGs to write")
-
-    p = add(
-        "evaluate-seg",
-        "psa_core.stages.segmentation:evaluate_seg",
-        "mIoU of the segmentation network's masks",
-    )
-    _data_args(p)
-    p.add_argument("--masks", type=Path, nargs="+", required=True, help="mask folders")
-    p.add_argument("--out-json", type=Path, required=True)
-    p.add_argument("--out-csv", type=Path, required=True)
-
-    p = add(
-        "predict",
-        "psa_core.stages.segmentation:predict",
-        "segment any images with a trained model folder (no labels, no Snakemake)",
-    )
-    p.add_argument("--model", type=Path, required=True, help="model folder from package-seg-model")
-    p.add_argument(
-        "--images", type=Path, required=True, help="a folder of images, a list file or one image"
-    )
-    p.add_argument("--out", type=Path, required=True, help="folder for NAME.png masks")
-    p.add_argument(
-        "--overlay",
-        dest="overlay_images",
-        action="store_true",
-        help="also write NAME.jpg: the mask's colours over the image",
-    )
-    _seg_infer_args(p, recorded=True)
-    p.add_argument("--batch-size", type=int, default=SEGMENTATION_INFER.batch_size)
-    _runtime_args(p)
-
-    p = add(
-        "summarize",
-        "psa_core.stages.random_walk:summarize",
-        "one table of CAM -> CRF labels -> random walk (-> segmentation network) mIoU per split",
-    )
-    p.add_argument("--splits", nargs="+", required=True)
-    p.add_argument("--cam", type=Path, nargs="+", required=True, help="CAM evaluations (.json)")
-    p.add_argument("--crf", type=Path, nargs="+", required=True, help="CRF evaluations (.json)")
-    p.add_argument("--walk", type=Path, nargs="+", required=True, help="walk evaluations (.json)")
-    p.add_argument(
-        "--seg", type=Path, nargs="+", default=None, help="segmentation evaluations (.json)"
-    )
-    p.add_argument("--out-json", type=Path, required=True)
-    p.add_argument("--out-csv", type=Path, required=True)
-
-    p = add(
-        "gallery",
-        "psa_core.stages.report:gallery",
-        "examples side by side: image, ground truth, CAM, CRF labels, random-walk mask",
-    )
-    _data_args(p)
-    p.add_argument("--cams", type=Path, nargs="+", required=True, help="CAM shards")
-    p.add_argument("--crf", type=Path, nargs="+", required=True, help="CRF shards")
-    p.add_argument("--masks", type=Path, nargs="+", required=True, help="random-walk mask folders")
-    p.add_argument(
-        "--seg-masks", type=Path, nargs="+", default=None, help="segmentation-network mask folders"
-    )
-    p.add_argument("--count", type=int, default=REPORT.gallery_size, help="examples to show")
-    p.add_argument("--out", type=Path, required=True, help="picture to write (.png)")
+    for name, driver in COMMANDS.items():
+        _add_command(sub, name, driver)
     return parser
 
 
-def _walk_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--alpha", type=float, default=RANDOM_WALK.alpha, help="background exponent")
-    p.add_argument("--beta", type=float, default=RANDOM_WALK.beta, help="affinity exponent")
-    p.add_argument("--logt", type=int, default=RANDOM_WALK.logt, help="log2 of the walk's steps")
+def _given(options: Mapping[str, Any], keyword: str, path: str) -> dict[str, Any]:
+    """The values of one section given as options, as plain config values."""
+    prefix = _dest(keyword, "")
+    cls = settings.SECTIONS[path]
+    values = {}
+    for dest, value in options.items():
+        if not dest.startswith(prefix):
+            continue
+        name = dest[len(prefix) :]
+        group = settings.group_class(settings.field_type(cls, name))
+        if group is not None:
+            names = [f.name for f in dataclasses.fields(group)]
+            value = dict(zip(names, value, strict=True))
+        values[name] = value
+    return values
 
 
-STORAGE_DTYPES = ("float16", "float32")
+def driver_arguments(driver: Callable[..., None], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The driver's keywords from the parsed options: values as given, groups of files
+    built, each section from defaults < --settings < options."""
+    given = settings.read_settings(options.get("settings"))
+    settings.check_top_level(given, "--settings")
+    arguments: dict[str, Any] = {}
+    for param in parameters(driver):
+        if param.kind == "value":
+            arguments[param.name] = options[param.name]
+        elif param.kind == "group":
+            prefix = f"group__{param.name}__"
+            fields = {k[len(prefix) :]: v for k, v in options.items() if k.startswith(prefix)}
+            arguments[param.name] = param.type(**fields)
+        elif param.kind == "recorded":
+            arguments[param.name] = given
+        else:
+            values = {**settings.section_values(given, param.path)}
+            values.update(_given(options, param.name, param.path))
+            section = settings.section_from(param.path, values)  # checked in either case
+            arguments[param.name] = values if param.kind == "overrides" else section
+    return arguments
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", type=Path, required=True, help="dataset folder (VOC layout)")
-    p.add_argument("--images", type=Path, required=True, help="image list from `psa index`")
-    p.add_argument("--labels", type=Path, required=True, help="labels from `psa index`")
-
-
-def _model_args(p: argparse.ArgumentParser, weights: str | None = None) -> None:
-    p.add_argument("--backbone", default="tiny", help="resnet38d, vgg16d or tiny")
-    if weights:
-        p.add_argument("--weights", type=Path, required=True, help=weights)
-    else:
-        p.add_argument(
-            "--init", type=Path, default=None, help="initial weights (backbone only) or none"
-        )
-
-
-def _shard_args(p: argparse.ArgumentParser) -> None:
-    """--shard N --shard-size S: one shard of the image list (both or neither; neither = all)."""
-    p.add_argument(
-        "--shard", type=int, default=None, help="only this shard of the list (0-based); default all"
-    )
-    p.add_argument("--shard-size", type=int, default=None, help="images per shard (with --shard)")
-
-
-def _seg_infer_args(p: argparse.ArgumentParser, recorded: bool) -> None:
-    """Scales, flip and CRF of segmentation inference; `recorded`: default to the model's."""
-    defaults = SEGMENTATION_INFER
-    model = " (default: the model's)" if recorded else ""
-    p.add_argument(
-        "--scales",
-        type=float,
-        nargs="+",
-        default=None if recorded else defaults.scales,
-        help=f"inference scales, each with its mirror image{model}",
-    )
-    p.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=None if recorded else defaults.flip,
-        help=f"average with the mirror images{model}",
-    )
-    p.add_argument(
-        "--crf",
-        action=argparse.BooleanOptionalAction,
-        default=None if recorded else defaults.crf,
-        help=f"dense-CRF post-processing{model}",
-    )
-
-
-def _train_args(p: argparse.ArgumentParser, defaults: TrainDefaults) -> None:
-    """The optimiser and augmentation options of a training stage, with its defaults."""
-    p.add_argument("--epochs", type=int, default=defaults.epochs)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    p.add_argument("--poly-power", type=float, default=defaults.poly_power)
-    p.add_argument("--momentum", type=float, default=defaults.momentum, help="SGD momentum")
-    p.add_argument("--crop-size", type=int, default=defaults.crop_size)
-    if defaults.resize_long is not None:
-        p.add_argument(
-            "--resize-long",
-            type=int,
-            nargs=2,
-            default=defaults.resize_long,
-            metavar=("LO", "HI"),
-        )
-    p.add_argument(
-        "--color-jitter",
-        type=float,
-        nargs=4,
-        default=defaults.color_jitter,
-        metavar=tuple(key.upper() for key in JITTER_KEYS),
-    )
-    p.add_argument("--num-workers", type=int, default=defaults.num_workers)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", type=Path, required=True, help="resume checkpoint path")
-    p.add_argument(
-        "--restart-on-change",
-        action="store_true",
-        help="start over when the checkpoint has other settings (default: refuse)",
-    )
-    p.add_argument("--out-log", type=Path, required=True, help="training log to write (.csv)")
-    p.add_argument("--out", type=Path, required=True, help="trained weights to write (.pt)")
-
-
-def _runtime_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument(
-        "--amp",
-        choices=("none", "bfloat16", "float16"),
-        default="none",
-        help="autocast dtype of the forward passes (mixed precision)",
-    )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+# -- running a command ----------------------------------------------------------------
 
 
 def _set_threads(threads: int | None) -> None:
@@ -424,7 +292,7 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, then call the subcommand's stage driver with the options as keywords."""
+    """Parse, then call the subcommand's driver with its files and settings as keywords."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if os.environ.get("SLURM_JOB_ID"):
@@ -433,24 +301,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ["SLURM_JOB_ID"],
             os.environ.get("SLURMD_NODENAME", "?"),
         )
-    options = vars(args).copy()
-    command, driver = options.pop("command"), options.pop("driver")
-    _set_threads(options.pop("threads", None))
+    options = vars(args)
+    name, driver = options["command"], options["driver"]
     # SIGTERM (a scheduler's kill) unwinds like Ctrl-C: temporary outputs are
     # removed and worker pools terminated. Training installs its own handler.
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        _driver(driver)(**options)
+        keywords = driver_arguments(driver, options)
+        _set_threads(options.get("threads"))
+        driver(**keywords)
     except PsaError as exc:
-        print(f"psa {command}: error: {exc}", file=sys.stderr)
+        print(f"psa {name}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except TrainingInterrupted as exc:
-        print(f"psa {command}: {exc}", file=sys.stderr)
+        print(f"psa {name}: {exc}", file=sys.stderr)
         return exc.exit_code
     except Terminated as exc:
-        print(f"psa {command}: stopped by SIGTERM; no output was written", file=sys.stderr)
+        print(f"psa {name}: stopped by SIGTERM; no output was written", file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:
-        print(f"psa {command}: interrupted", file=sys.stderr)
+        print(f"psa {name}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0

@@ -1,4 +1,4 @@
-"""Named constants shared by every stage (DESIGN.md §1)."""
+"""Named constants shared by every stage (docs/design.md §1)."""
 
 IGNORE_INDEX = 255
 """Label value for void / uncertain pixels (VOC masks, affinity labels)."""

@@ -1,4 +1,4 @@
-"""Dense CRF on CAM score stacks: the affinity-label scores of DESIGN.md §1.2.
+"""Dense CRF on CAM score stacks: the affinity-label scores of docs/design.md §1.2.
 
 The background score `(1 - max_c cam_c) ** alpha` is stacked in front of the
 present classes' CAMs and refined by a fully connected CRF (pydensecrf,
@@ -10,34 +10,34 @@ from __future__ import annotations
 
 import numpy as np
 
-from psa_core.defaults import CRF
 from psa_core.errors import PsaError
+from psa_core.settings import CrfSettings
 
-CRF_ITERATIONS = CRF.iterations
+CRF_ITERATIONS = CrfSettings.iterations
 """Mean-field iterations of the dense CRF (published PSA value)."""
 
-GAUSSIAN_SXY = CRF.gaussian_sxy
+GAUSSIAN_SXY = CrfSettings.gaussian_sxy
 """Spatial standard deviation (pixels) of the smoothness (Gaussian) kernel."""
 
-GAUSSIAN_COMPAT = CRF.gaussian_compat
+GAUSSIAN_COMPAT = CrfSettings.gaussian_compat
 """Potts weight of the smoothness kernel."""
 
-BILATERAL_SXY = CRF.bilateral_sxy
+BILATERAL_SXY = CrfSettings.bilateral_sxy
 """Spatial standard deviation (pixels) of the appearance (bilateral) kernel."""
 
-BILATERAL_SRGB = CRF.bilateral_srgb
+BILATERAL_SRGB = CrfSettings.bilateral_srgb
 """Colour standard deviation (0..255 RGB units) of the appearance kernel."""
 
-BILATERAL_COMPAT = CRF.bilateral_compat
+BILATERAL_COMPAT = CrfSettings.bilateral_compat
 """Potts weight of the appearance kernel."""
 
 UNARY_CLIP = 1e-5
 """Scores are clipped to [UNARY_CLIP, 1] before `-log`, as pydensecrf's `unary_from_softmax`."""
 
-ALPHA_LOW = CRF.alpha_low
+ALPHA_LOW = CrfSettings.alpha_low
 """Background exponent of the "la" stack (generous background; the seed note says 8)."""
 
-ALPHA_HIGH = CRF.alpha_high
+ALPHA_HIGH = CrfSettings.alpha_high
 """Background exponent of the "ha" stack (tight background)."""
 
 _RGB_CHANNELS = 3
@@ -68,7 +68,7 @@ def crf_inference(
     bilateral_srgb: float = BILATERAL_SRGB,
     bilateral_compat: float = BILATERAL_COMPAT,
 ) -> np.ndarray:
-    """Dense-CRF marginals of a score stack (DESIGN.md §1.2, PSA's `crf_inference`).
+    """Dense-CRF marginals of a score stack (docs/design.md §1.2, PSA's `crf_inference`).
 
     The unary is `-log(clip(probs, 1e-5, 1))`, exactly pydensecrf's
     `unary_from_softmax`; like the published code the stack is not
@@ -129,7 +129,7 @@ def crf_inference(
 
 
 def background_score(cams: np.ndarray, alpha: float) -> np.ndarray:
-    """Background score `(1 - max_c cam_c) ** alpha` (DESIGN.md §1.2).
+    """Background score `(1 - max_c cam_c) ** alpha` (docs/design.md §1.2).
 
     Args:
         cams: (C, H, W) float in [0, 1], the present classes' CAMs; C may be 0.
@@ -174,18 +174,16 @@ def crf_score_stacks(
     cams: np.ndarray,
     alpha_low: float = ALPHA_LOW,
     alpha_high: float = ALPHA_HIGH,
-    iterations: int = CRF_ITERATIONS,
-    **pairwise: float,
+    **crf: float,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The "la" and "ha" CRF score stacks of one image (DESIGN.md §1.2).
+    """The "la" and "ha" CRF score stacks of one image (docs/design.md §1.2).
 
     Args:
         image: (H, W, 3) uint8 RGB.
         cams: (C, H, W) float in [0, 1], the present classes' CAMs; C may be 0.
         alpha_low: background exponent of "la" (generous background).
         alpha_high: background exponent of "ha" (tight background), >= alpha_low.
-        iterations: mean-field iterations.
-        **pairwise: kernel keywords of `crf_inference` (gaussian_sxy, ...).
+        **crf: keywords of `crf_inference` (iterations, gaussian_sxy, ...).
 
     Returns:
         (la, ha), each (C + 1, H, W) float32 CRF marginals, background first.
@@ -195,6 +193,6 @@ def crf_score_stacks(
             f"alpha_low ({alpha_low}) is larger than alpha_high ({alpha_high}); swap them "
             "(published: 4 and 32)"
         )
-    la = crf_inference(image, score_stack(cams, alpha_low), iterations, **pairwise)
-    ha = crf_inference(image, score_stack(cams, alpha_high), iterations, **pairwise)
+    la = crf_inference(image, score_stack(cams, alpha_low), **crf)
+    ha = crf_inference(image, score_stack(cams, alpha_high), **crf)
     return la, ha

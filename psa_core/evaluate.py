@@ -1,6 +1,6 @@
 """Scoring CAMs against ground truth with a background-threshold sweep.
 
-DESIGN.md §1.1 (CAM as a segmentation) and §1.5 (evaluation). A CAM becomes
+docs/design.md §1.1 (CAM as a segmentation) and §1.5 (evaluation). A CAM becomes
 a segmentation by argmax over [constant background score, class maps]; the
 sweep scores many background thresholds in one pass over the images.
 """
@@ -18,13 +18,13 @@ import numpy as np
 
 from psa_core.cam import top_class
 from psa_core.constants import BACKGROUND_INDEX, IGNORE_INDEX
-from psa_core.defaults import CAM_EVALUATE
 from psa_core.errors import PsaError
 from psa_core.io import atomic_path, write_json
 from psa_core.metrics import as_class_indices, confusion_matrix, iou
+from psa_core.settings import CamEvaluateSettings
 
-PUBLISHED_BG_THRESHOLD = CAM_EVALUATE.bg_threshold
-"""Background score of the published CAM evaluation (DESIGN.md §1.1)."""
+PUBLISHED_BG_THRESHOLD = CamEvaluateSettings.bg_threshold
+"""Background score of the published CAM evaluation (docs/design.md §1.1)."""
 
 
 class CamThresholdSweep:
@@ -126,7 +126,7 @@ def evaluate_cams(
     thresholds: Sequence[float],
     published_threshold: float | None = PUBLISHED_BG_THRESHOLD,
 ) -> dict[str, Any]:
-    """mIoU of CAM segmentations over a background-threshold sweep (DESIGN.md §1.5).
+    """mIoU of CAM segmentations over a background-threshold sweep (docs/design.md §1.5).
 
     Args:
         items: (cams (C, H, W) float in [0, 1] of the present classes,
@@ -219,10 +219,28 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
-# -- CRF label maps (DESIGN.md §1.2): the supervision of AffinityNet ----------
+# -- CRF label maps (docs/design.md §1.2): the supervision of AffinityNet ----------
 
 
-class CrfLabelQuality:
+class _ImageCounts:
+    """A confusion matrix summed over images: rows the GT classes (K + 1, GT 255
+    skipped), columns the predicted ones plus `EXTRA_COLUMNS`."""
+
+    EXTRA_COLUMNS = 0
+
+    def __init__(self, num_classes: int) -> None:
+        if num_classes < 2:
+            raise PsaError(f"num_classes={num_classes}: need background plus at least one class")
+        self.num_classes = num_classes
+        self.num_images = 0
+        self.conf = np.zeros((num_classes, num_classes + self.EXTRA_COLUMNS), dtype=np.int64)
+
+    def _iou(self, conf: np.ndarray) -> dict[str, Any]:
+        miou, per_class = iou(conf)
+        return {"miou": _json_float(miou), "per_class_iou": [_json_float(v) for v in per_class]}
+
+
+class CrfLabelQuality(_ImageCounts):
     """Scores three-way label maps (class / 0 background / 255 uncertain) against GT.
 
     One (K + 1) × (K + 2) confusion matrix holds everything: rows are GT
@@ -240,12 +258,7 @@ class CrfLabelQuality:
         num_classes: segmentation classes, background included (K + 1).
     """
 
-    def __init__(self, num_classes: int) -> None:
-        if num_classes < 2:
-            raise PsaError(f"num_classes={num_classes}: need background plus at least one class")
-        self.num_classes = num_classes
-        self.num_images = 0
-        self.conf = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
+    EXTRA_COLUMNS = 1  # "uncertain"
 
     def add(self, label_map: np.ndarray, gt: np.ndarray) -> None:
         """Count one image: label_map (H, W) uint8 with 255 uncertain, gt (H, W) uint8."""
@@ -271,7 +284,6 @@ class CrfLabelQuality:
         fg = slice(BACKGROUND_INDEX + 1, None)
         fg_correct = np.diag(certain)[fg].sum()
         bg = BACKGROUND_INDEX
-        miou, per_class = iou(certain)
         return {
             "num_images": self.num_images,
             "num_classes": self.num_classes,
@@ -281,8 +293,7 @@ class CrfLabelQuality:
             "bg_precision": _ratio(certain[bg, bg], certain[:, bg].sum()),
             "bg_recall": _ratio(certain[bg, bg], conf[bg, :].sum()),
             "uncertain_fraction": _ratio(conf[:, -1].sum(), conf.sum()),
-            "miou": _json_float(miou),
-            "per_class_iou": [_json_float(v) for v in per_class],
+            **self._iou(certain),
         }
 
 
@@ -323,22 +334,15 @@ def _cell(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
 
 
-# -- masks of the segmentation network (DESIGN.md §1.6) ------------------------------
+# -- masks of the segmentation network (docs/design.md §1.6) ------------------------------
 
 
-class MaskQuality:
+class MaskQuality(_ImageCounts):
     """mIoU of predicted masks against ground truth, summed over images.
 
     Args:
         num_classes: segmentation classes, background included (K + 1).
     """
-
-    def __init__(self, num_classes: int) -> None:
-        if num_classes < 2:
-            raise PsaError(f"num_classes={num_classes}: need background plus at least one class")
-        self.num_classes = num_classes
-        self.num_images = 0
-        self.conf = np.zeros((num_classes, num_classes), dtype=np.int64)
 
     def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
         """Count one image: pred (H, W) class indices, gt (H, W) with 255 ignored."""
@@ -352,13 +356,7 @@ class MaskQuality:
 
     def result(self) -> dict[str, Any]:
         """JSON-ready: num_images, num_classes, miou, per_class_iou."""
-        miou, per_class = iou(self.conf)
-        return {
-            "num_images": self.num_images,
-            "num_classes": self.num_classes,
-            "miou": _json_float(miou),
-            "per_class_iou": [_json_float(v) for v in per_class],
-        }
+        return {"num_images": self.num_images, "num_classes": self.num_classes, **self._iou(self.conf)}
 
 
 def write_mask_report(
@@ -375,7 +373,7 @@ def write_mask_report(
     _write_csv(csv_path, ["class", "iou"], rows)
 
 
-# -- parameter sweeps and the summary (DESIGN.md §1.5) ------------------------------
+# -- parameter sweeps and the summary (docs/design.md §1.5) ------------------------------
 
 
 class SweepConfusion:

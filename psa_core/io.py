@@ -2,7 +2,7 @@
 
 Every artifact is written atomically: to a temporary name in the same folder,
 then renamed over the target, so a killed job never leaves a file that looks
-complete and never damages a finished one (DESIGN.md §2).
+complete and never damages a finished one (docs/design.md §2).
 """
 
 from __future__ import annotations

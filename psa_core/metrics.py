@@ -1,4 +1,4 @@
-"""Segmentation metrics: the confusion matrix and IoU (DESIGN.md §1.5).
+"""Segmentation metrics: the confusion matrix and IoU (docs/design.md §1.5).
 
 Every evaluation in the pipeline (CAMs, CRF labels, random-walk masks)
 accumulates `confusion_matrix` over images and reads `iou` off the sum.

@@ -1,4 +1,4 @@
-"""Parameter groups and the poly learning-rate schedule of PSA (DESIGN.md §1.1).
+"""Parameter groups and the poly learning-rate schedule of PSA (docs/design.md §1.1).
 
 Four groups, always in this order (empty ones are kept, so the layout of an
 optimizer's state dict does not depend on the model):
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from psa_core.defaults import CAM_TRAIN
+from psa_core.settings import TrainSettings
 
 GROUP_SPECS: tuple[tuple[str, float, bool], ...] = (
     ("pretrained_weight", 1.0, True),
@@ -32,7 +32,7 @@ GROUP_SPECS: tuple[tuple[str, float, bool], ...] = (
 )
 """(name, learning-rate multiplier, weight decay applied) of the four groups."""
 
-POLY_POWER = CAM_TRAIN.poly_power
+POLY_POWER = TrainSettings.poly_power
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:

@@ -177,7 +177,7 @@ def threshold_sweep_plot(result: Mapping[str, Any], path: str | os.PathLike, *, 
     """mIoU against the background threshold of an `evaluate_cams` result.
 
     Args:
-        result: the dict from `psa_core.evaluate.evaluate_cams` (DESIGN.md
+        result: the dict from `psa_core.evaluate.evaluate_cams` (docs/design.md
             §1.5): "thresholds" is a list of {"threshold", "miou", ...} with
             mIoU None where undefined; "best_threshold" / "best_miou" and
             "published_threshold" / "published_miou" are marked.

@@ -1,4 +1,4 @@
-"""The random walk of PSA, without the dense N×N matrix (DESIGN.md §1.4).
+"""The random walk of PSA, without the dense N×N matrix (docs/design.md §1.4).
 
 On an (h, w) grid of N = h·w stride-8 cells, AffinityNet gives an affinity
 a_ij for every pair of the layout of `psa_core.affinity` (34 offsets at
@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from psa_core.affinity import check_grid_size, pair_indices, pair_offsets, pool_scores
 from psa_core.constants import BACKGROUND_INDEX, FEATURE_STRIDE
 from psa_core.crf import score_stack
-from psa_core.defaults import RANDOM_WALK
 from psa_core.errors import PsaError
+from psa_core.settings import RandomWalkSettings
 
-DEFAULT_BETA = RANDOM_WALK.beta
+DEFAULT_BETA = RandomWalkSettings.beta
 """Exponent applied to the affinities (published β = 8)."""
 
-DEFAULT_LOGT = RANDOM_WALK.logt
+DEFAULT_LOGT = RandomWalkSettings.logt
 """log2 of the number of walk steps (published: t = 2^8 = 256)."""
 
 
@@ -115,7 +115,7 @@ def random_walk(
     beta: float = DEFAULT_BETA,
     logt: int = DEFAULT_LOGT,
 ) -> torch.Tensor | np.ndarray:
-    """Propagate scores over the affinity graph: `v · T^(2^logt)` (DESIGN.md §1.4).
+    """Propagate scores over the affinity graph: `v · T^(2^logt)` (docs/design.md §1.4).
 
     Args:
         aff: (n_offsets, n_from) pair affinities for the (h, w) grid of
@@ -149,7 +149,7 @@ def random_walk(
 
 
 def padded_size(height: int, width: int) -> tuple[int, int]:
-    """(H, W) padded bottom / right to multiples of the feature stride (DESIGN.md §1.4)."""
+    """(H, W) padded bottom / right to multiples of the feature stride (docs/design.md §1.4)."""
     pad = FEATURE_STRIDE
     return -(-height // pad) * pad, -(-width // pad) * pad
 

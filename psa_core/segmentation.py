@@ -1,5 +1,6 @@
-"""The segmentation network at work (DESIGN.md §1.6): its loss, multi-scale inference,
-and the model folder that `psa predict` reads.
+"""The segmentation network at work (docs/design.md §1.6): its training (dataset, loss,
+`fit_seg`), multi-scale inference (`segment_images`), and the model folder that
+`psa predict` reads.
 
 The model contract is `psa_core.models.SegNet`: `model.normalization` maps a
 (B, 3, H, W) float RGB tensor in [0, 255] to the network input and
@@ -14,8 +15,10 @@ the weights' SHA-256, the psa_core version and the settings that made it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +26,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
 
 from psa_core import __version__, io
 from psa_core.cam import check_image, model_device
 from psa_core.constants import IGNORE_INDEX, voc_palette
-from psa_core.defaults import SEGMENTATION_INFER
+from psa_core.data import image_paths
+from psa_core.device import autocast_dtype
 from psa_core.errors import PsaError
+from psa_core.models import create_model
+from psa_core.settings import SegmentationInferSettings, SegmentationSettings
+from psa_core.training import digest, sample_rng, train
+from psa_core.transforms import Normalization, SegTrainTransform, training_transform
 
 MODEL_FORMAT = "psa-seg-model/1"
 """Tag of the model folder layout; a folder with another tag is refused."""
@@ -66,9 +76,9 @@ def pixel_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
 def multiscale_softmax(
     model: torch.nn.Module,
     images: Sequence[np.ndarray],
-    scales: Sequence[float] = SEGMENTATION_INFER.scales,
+    scales: Sequence[float] = SegmentationInferSettings.scales,
     *,
-    flip: bool = SEGMENTATION_INFER.flip,
+    flip: bool = SegmentationInferSettings.flip,
     amp_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """Class probabilities averaged over scales and flips, for images of one size.
@@ -175,9 +185,7 @@ def write_model_description(
     dilation: int,
     classes: Sequence[str],
     normalization: Any,
-    scales: Sequence[float],
-    flip: bool,
-    crf: bool,
+    infer: SegmentationInferSettings,
     settings: Mapping[str, Any],
 ) -> Path:
     """Write `folder/model.json` for the weights already at `folder/weights.pt`.
@@ -185,6 +193,7 @@ def write_model_description(
     Args:
         classes: the K foreground class names (the file lists background first).
         normalization: the model's `psa_core.transforms.Normalization`.
+        infer: the inference defaults recorded (scales, flip, CRF).
         settings: what made the model (training options, upstream config).
     """
     folder = Path(folder)
@@ -200,7 +209,11 @@ def write_model_description(
             "std": list(normalization.std),
             "bgr": bool(normalization.bgr),
         },
-        "inference": {"scales": [float(s) for s in scales], "flip": bool(flip), "crf": bool(crf)},
+        "inference": {
+            "scales": [float(s) for s in infer.scales],
+            "flip": bool(infer.flip),
+            "crf": bool(infer.crf),
+        },
         "weights": {"file": WEIGHTS_FILE, "sha256": io.file_sha256(folder / WEIGHTS_FILE)},
         "settings": dict(settings),
     }
@@ -245,9 +258,6 @@ def load_model_folder(
     The weights must match the recorded SHA-256 and load strictly; the
     recorded input normalisation must be the backbone's.
     """
-    from psa_core.stages.common import load_trained_model
-    from psa_core.transforms import Normalization
-
     folder = Path(folder)
     description = read_model_description(folder)
     weights = folder / description["weights"]["file"]
@@ -258,12 +268,12 @@ def load_model_folder(
             f"{weights}: does not match the SHA-256 in {folder / MODEL_FILE}; the folder mixes "
             "files of two models: copy the folder package_seg_model wrote as a whole"
         )
-    model = load_trained_model(
-        weights,
+    model = create_model(
         description["backbone"],
         "seg",
         len(description["classes"]) - 1,
-        device,
+        checkpoint_path=weights,
+        device=device,
         dilation=description["head"]["dilation"],
     )
     recorded = description["input"]
@@ -276,3 +286,148 @@ def load_model_folder(
             f"{description['backbone']} backbone's {model.normalization}; the file is damaged"
         )
     return model, description
+
+
+# -- training data, loss and fit ----------------------------------------------------
+
+
+class SegTrainDataset(Dataset):
+    """Augmented images and their masks (palette PNGs, 255 ignored) for the segmentation network.
+
+    Keys are `(epoch, index)`; sample `index` of `epoch` is augmented with
+    `sample_rng(seed, epoch, index)` (`SegTrainTransform`).
+
+    Items: (image (3, crop, crop) float32 normalised, mask (crop, crop) int64).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        names: Sequence[str],
+        masks: str | os.PathLike,
+        transform: SegTrainTransform,
+        seed: int,
+    ):
+        if not names:
+            raise PsaError("training set: the image list is empty; check the split")
+        self.names = list(names)
+        self.paths = image_paths(root, self.names)
+        self.mask_paths = [Path(masks) / f"{name}.png" for name in self.names]
+        missing = [p for p in self.mask_paths if not p.is_file()]
+        if missing:
+            raise PsaError(
+                f"{missing[0]}: mask not found ({len(missing)} missing in {masks}); rerun "
+                "export_masks for the training split"
+            )
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        image = io.read_image(self.paths[index])
+        mask = io.read_mask(self.mask_paths[index])
+        if mask.shape != image.shape[:2]:
+            raise PsaError(
+                f"{self.mask_paths[index]}: mask is {mask.shape[1]}x{mask.shape[0]} but the image "
+                f"is {image.shape[1]}x{image.shape[0]}; the masks come from another dataset"
+            )
+        x, mask = self.transform(image, mask, sample_rng(self.seed, epoch, index))
+        return torch.from_numpy(x), torch.from_numpy(mask.astype(np.int64))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What makes the data of a run: names, the masks' bytes, augmentation, seed."""
+        return {
+            "kind": "segmentation",
+            "num_images": len(self.names),
+            "names": digest(self.names),
+            "masks": digest([io.file_sha256(p) for p in self.mask_paths]),
+            "transform": dataclasses.asdict(self.transform),
+            "seed": self.seed,
+        }
+
+
+def segmentation_loss(
+    model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Pixel cross-entropy of the upsampled logits, 255 ignored (docs/design.md §1.6)."""
+    images, masks = batch
+    return pixel_cross_entropy(model(images), masks), {}
+
+
+def fit_seg(
+    model: nn.Module,
+    root: str | os.PathLike,
+    names: Sequence[str],
+    masks: str | os.PathLike,
+    settings: SegmentationSettings,
+    *,
+    seed: int = 0,
+    **loop: Any,
+) -> dict[str, Any]:
+    """Train the segmentation network of docs/design.md §1.6 on the shared loop.
+
+    Args:
+        model: `create_model(backbone, "seg", K)`, initial weights loaded.
+        root: dataset folder in the VOC layout (root/JPEGImages/NAME.jpg).
+        names: training images; masks: folder of NAME.png class-index masks.
+        settings: the `segmentation` section (defaults: DeepLab-LargeFOV's solver).
+        seed: data order, augmentation, dropout.
+        loop: the other keywords of `psa_core.training.train`.
+    """
+    transform = training_transform(SegTrainTransform, model.normalization, settings)
+    dataset = SegTrainDataset(root, names, masks, transform, seed)
+    return train(model, dataset, segmentation_loss, settings, seed=seed, **loop)
+
+
+# -- inference over image files -------------------------------------------------------
+
+
+def segment_images(
+    model: nn.Module,
+    paths: Sequence[Path],
+    infer: SegmentationInferSettings,
+    *,
+    amp: str = "none",
+    progress: bool = False,
+) -> Iterable[tuple[Path, np.ndarray, np.ndarray]]:
+    """Yield (path, image, mask (H, W) uint8) for every image, in order.
+
+    `infer` (the `segmentation.infer` section) gives the scales, the flip and
+    the batch size: images of one size go through the network together, up to
+    `infer.batch_size` a pass (`size_batches`; the probabilities do not depend
+    on the batching). With `infer.crf` each image's probabilities are refined by the dense CRF
+    (`psa_core.crf.crf_inference`, PSA's kernels) before the argmax.
+    """
+    from psa_core.crf import crf_inference
+
+    scales, flip, crf, batch_size = infer.scales, infer.flip, infer.crf, infer.batch_size
+    amp_dtype = autocast_dtype(amp)
+    bar = _progress_bar(len(paths), progress)
+    window = max(batch_size, 1) * 8  # images read ahead to find equal sizes
+    try:
+        for first in range(0, len(paths), window):
+            chunk = list(paths[first : first + window])
+            images = [io.read_image(p) for p in chunk]
+            order = sorted(range(len(chunk)), key=lambda i: images[i].shape)
+            masks: dict[int, np.ndarray] = {}
+            for batch in size_batches([images[i] for i in order], batch_size):
+                picked = [order[i] for i in batch]
+                probs = multiscale_softmax(
+                    model, [images[i] for i in picked], scales, flip=flip, amp_dtype=amp_dtype
+                )
+                for i, p in zip(picked, probs, strict=True):
+                    masks[i] = probs_to_mask(crf_inference(images[i], p) if crf else p)
+            for i, path in enumerate(chunk):
+                yield path, images[i], masks[i]
+                bar.update(1)
+    finally:
+        bar.close()
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", disable=not enabled, file=sys.stderr, mininterval=1.0)

@@ -1,9 +1,10 @@
-"""The resumable training loop shared by every training stage (DESIGN.md §1.1, §1.3).
+"""The resumable training loop shared by every training stage (docs/design.md §1.1, §1.3).
 
-`train` knows no stage: it takes a model, a dataset and a `loss_fn(model,
-batch) -> (loss, parts)`; the stages (`psa_core.stages.cam`,
-`psa_core.stages.affinity`) bring their datasets and losses. It runs SGD on
-the four parameter groups of DESIGN.md §1.1 with the poly schedule, stepped
+`train` knows no stage: it takes a model, a dataset, a `loss_fn(model,
+batch) -> (loss, parts)` and the stage's settings section; the stages'
+library modules (`psa_core.cam.fit_cam`, `psa_core.affinity.fit_affinity`,
+`psa_core.segmentation.fit_seg`) bring their datasets and losses. It runs SGD on
+the four parameter groups of docs/design.md §1.1 with the poly schedule, stepped
 once per optimiser step.
 
 Determinism and resume
@@ -25,8 +26,8 @@ Determinism and resume
   No global numpy / Python RNG is used, so none is saved.
 - Calling `train` again with the checkpoint present continues from it; on CPU
   the final weights are bit-identical to an uninterrupted run. A checkpoint
-  whose fingerprint (epochs, batch size, lr, weight decay, momentum, poly
-  power, seed, AMP dtype, model layout, dataset names / labels / augmentation,
+  whose fingerprint (the settings section's values but its worker count,
+  seed, AMP dtype, model layout, dataset names / labels / augmentation,
   caller's `config`) differs is refused with a PsaError.
 - On completion the weights (`model.state_dict()` only) are written
   atomically to `out_weights`, the log is renamed from `<log_csv>.partial` to
@@ -72,7 +73,8 @@ from torch.utils.data import DataLoader, Dataset
 from psa_core import io
 from psa_core.device import autocast_dtype, resolve_device
 from psa_core.errors import PsaError, TrainingInterrupted
-from psa_core.optim import POLY_POWER, param_groups, poly_scheduler
+from psa_core.optim import param_groups, poly_scheduler
+from psa_core.settings import TrainSettings, as_dict
 
 log = logging.getLogger("psa.train")
 
@@ -132,13 +134,6 @@ class EpochBatchSampler:
             yield [(self.epoch, int(i)) for i in order[b * bs : (b + 1) * bs]]
 
 
-def stage_options(defaults: Any, options: Mapping[str, Any]) -> dict[str, Any]:
-    """`train`'s optimiser keywords from a stage's `psa_core.defaults.TrainDefaults`,
-    overridden by the caller's `options` (the other `train` keywords pass through)."""
-    names = ("epochs", "batch_size", "lr", "weight_decay", "poly_power", "momentum", "num_workers")
-    return {**{name: getattr(defaults, name) for name in names}, **options}
-
-
 def digest(obj: Any) -> str:
     """A short stable hash of a JSON-able value (dataset fingerprints)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -156,7 +151,7 @@ def build_optimizer(
     max_step: int,
     poly_power: float,
 ) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD on the four parameter groups of DESIGN.md §1.1 with the poly schedule.
+    """SGD on the four parameter groups of docs/design.md §1.1 with the poly schedule.
 
     Momentum: the reference's `PolyOptimizer` calls `SGD(params, lr,
     weight_decay)`, so its weight decay lands in SGD's momentum slot (an
@@ -311,20 +306,14 @@ def train(
     model: nn.Module,
     dataset: Dataset,
     loss_fn: LossFn,
+    settings: TrainSettings,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    poly_power: float = POLY_POWER,
-    momentum: float = 0.0,
     seed: int = 0,
     device: str | torch.device = "auto",
     out_weights: str | os.PathLike,
     checkpoint_path: str | os.PathLike,
     log_csv: str | os.PathLike,
     val_dataset: Dataset | None = None,
-    num_workers: int = 0,
     restart_on_change: bool = False,
     log_every: int = 10,
     checkpoint_every: int = 0,
@@ -341,14 +330,14 @@ def train(
         dataset: keyed by `(epoch, index)` tuples (see `EpochBatchSampler`);
             an optional `fingerprint()` dict joins the run's fingerprint.
         loss_fn: `loss_fn(model, batch) -> (loss, parts)`.
-        epochs, batch_size, lr, weight_decay, poly_power, momentum: the
-            optimiser (DESIGN.md §1.1); see `build_optimizer` on momentum.
+        settings: the stage's section (`psa_core.settings.TrainSettings`):
+            epochs, batch size, the optimiser (docs/design.md §1.1; see
+            `build_optimizer` on momentum) and the DataLoader workers.
         seed: data order, augmentation and the torch RNG (dropout).
         out_weights: final `model.state_dict()` (.pt), written last.
         checkpoint_path: resume checkpoint; deleted once `out_weights` exists.
         log_csv: the CSV log.
         val_dataset: plain-indexed; its mean loss is logged every epoch end.
-        num_workers: DataLoader workers (no effect on the result).
         restart_on_change: a checkpoint of other settings is deleted and
             training starts over, instead of a PsaError.
         log_every: steps per CSV row / progress line.
@@ -368,7 +357,8 @@ def train(
         TrainingInterrupted: on SIGTERM / SIGINT, after saving the checkpoint.
         PsaError: bad arguments, a foreign checkpoint, a diverged loss.
     """
-    _check_args(epochs, batch_size, lr, seed, num_workers, log_every, checkpoint_every)
+    epochs, batch_size, num_workers = settings.epochs, settings.batch_size, settings.num_workers
+    _check_args(epochs, batch_size, settings.lr, seed, num_workers, log_every, checkpoint_every)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     amp = autocast_dtype(amp_dtype)
     n = len(dataset)
@@ -378,12 +368,8 @@ def train(
             f"batch_size {batch_size} is larger than the training set ({n} images); lower it"
         )
     fingerprint = {
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "momentum": momentum,
-        "poly_power": poly_power,
+        # the workers change the speed, not the result: a run may resume with others
+        "settings": {k: v for k, v in as_dict(settings).items() if k != "num_workers"},
         "seed": seed,
         "amp_dtype": str(amp),
         "model": digest([(k, list(v.shape)) for k, v in model.state_dict().items()]),
@@ -410,12 +396,7 @@ def train(
     )
     model.train()
     run.optimizer, run.scheduler = build_optimizer(
-        model,
-        lr=lr,
-        weight_decay=weight_decay,
-        momentum=momentum,
-        max_step=run.max_step,
-        poly_power=poly_power,
+        model, max_step=run.max_step, **settings.optimizer_options()
     )
     run.scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
@@ -426,7 +407,7 @@ def train(
         stop.step = run.global_step
         run.csv = _CsvLog(partial_log_path(log_csv))
         run.csv.start({"epoch": run.epoch, "global_step": run.global_step} if resumed else None)
-        run.log_start(resumed, lr)
+        run.log_start(resumed, settings.lr)
         with run.progress_bar():
             while run.epoch < epochs:
                 run.train_epoch()
@@ -805,16 +786,7 @@ def _load_checkpoint(
         raise PsaError(f"{path}: not a psa training checkpoint; delete it or choose another path")
     saved = json.loads(checkpoint["fingerprint"])
     if saved != fingerprint:
-        diffs = []
-        for key in sorted(set(saved) | set(fingerprint)):
-            if saved.get(key) != fingerprint.get(key):
-                old, new = saved.get(key), fingerprint.get(key)
-                if isinstance(old, dict) or isinstance(new, dict):
-                    old, new = old or {}, new or {}
-                    sub = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                    diffs.append(f"{key}: {', '.join(sub)} changed")
-                else:
-                    diffs.append(f"{key}: {old} -> {new}")
+        diffs = _differences(saved, fingerprint)
         if discard_foreign:
             log.warning("%s: settings changed (%s); starting over", path, "; ".join(diffs))
             path.unlink()
@@ -824,3 +796,23 @@ def _load_checkpoint(
             "start over, or restore the earlier settings to resume it"
         )
     return checkpoint
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """What differs between two run fingerprints, one phrase per key: the settings value
+    by value (`settings.lr: 0.1 -> 0.05`), other groups by name (`dataset: names changed`)."""
+    phrases = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) or isinstance(b, dict):
+            a, b = a or {}, b or {}
+            changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            if key == "settings":
+                phrases += [f"settings.{k}: {a.get(k)} -> {b.get(k)}" for k in changed]
+            else:
+                phrases.append(f"{key}: {', '.join(changed)} changed")
+        else:
+            phrases.append(f"{key}: {a} -> {b}")
+    return phrases

@@ -1,12 +1,13 @@
 """Image transforms written with numpy / PIL / torch (no torchvision).
 
 `Normalization` is each backbone's input convention; training augmentation
-and inference both go through it. The training augmentation of DESIGN.md
+and inference both go through it. The training augmentation of docs/design.md
 §1.1 follows below as pure functions of an explicit `np.random.Generator`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,8 @@ import torch
 from PIL import Image, ImageEnhance
 
 from psa_core.constants import IGNORE_INDEX
-from psa_core.defaults import CAM_TRAIN
+from psa_core.errors import PsaError
+from psa_core.settings import CamSettings, ColorJitter, TrainSettings
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ CAFFE_VGG_NORMALIZATION = Normalization(mean=(122.675, 116.669, 104.008), bgr=Tr
 """DeepLab / Caffe VGG-16: RGB means subtracted, then BGR order, no scaling."""
 
 
-# -- training augmentation (DESIGN.md §1.1) ----------------------------------
+# -- training augmentation (docs/design.md §1.1) ----------------------------------
 #
 # Pure functions: every random choice comes from an explicit
 # `np.random.Generator`, so a sample's augmentation is a function of its seed.
@@ -65,13 +67,13 @@ CAFFE_VGG_NORMALIZATION = Normalization(mean=(122.675, 116.669, 104.008), bgr=Tr
 # random ones take a list of arrays of the same (H, W) and apply one draw to
 # all of them, so image, scores and labels stay aligned.
 
-CROP_SIZE = CAM_TRAIN.crop_size
+CROP_SIZE = CamSettings.crop_size
 """Side of the square training crop."""
 
-RESIZE_LONG = CAM_TRAIN.resize_long
+RESIZE_LONG = CamSettings.resize_long
 """Range (inclusive) of the long side after the random resize."""
 
-COLOR_JITTER = CAM_TRAIN.color_jitter
+COLOR_JITTER = ColorJitter().as_tuple()
 """Brightness, contrast, saturation, hue strengths of the colour jitter."""
 
 _PIL_FILTERS = {
@@ -342,7 +344,7 @@ class _ResizeFlipJitterCrop:
 
 @dataclass(frozen=True)
 class CamTrainTransform(_ResizeFlipJitterCrop):
-    """The CAM stage's training augmentation (DESIGN.md §1.1), in the
+    """The CAM stage's training augmentation (docs/design.md §1.1), in the
     reference's order: random resize of the long side, horizontal flip,
     colour jitter, normalise, random crop with zero padding (after
     normalising, so padding is the mean colour).
@@ -362,8 +364,23 @@ class CamTrainTransform(_ResizeFlipJitterCrop):
 
 
 @dataclass(frozen=True)
+class CenterCropTransform:
+    """The CAM stage's validation input (the reference's `CenterCrop`): normalise, then a
+    centred `crop_size` window, zero padded where the image is smaller (the mean colour)."""
+
+    normalization: Normalization
+    crop_size: int = CROP_SIZE
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """image: (H, W, 3) uint8 RGB -> (3, crop_size, crop_size) float32."""
+        x = self.normalization.numpy(image).transpose(1, 2, 0)
+        x = crop(x, center_crop_box(x.shape[:2], self.crop_size), 0.0)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+@dataclass(frozen=True)
 class AffinityTrainTransform:
-    """The affinity stage's training augmentation (DESIGN.md §1.2, §1.3).
+    """The affinity stage's training augmentation (docs/design.md §1.2, §1.3).
 
     The reference's `VOC12AffDataset` order: colour jitter on the image; one
     random crop of image and score stacks together, zero padded (before
@@ -419,7 +436,7 @@ class AffinityTrainTransform:
 
 @dataclass(frozen=True)
 class SegTrainTransform(_ResizeFlipJitterCrop):
-    """The segmentation network's training augmentation (DESIGN.md §1.6).
+    """The segmentation network's training augmentation (docs/design.md §1.6).
 
     The CAM stage's order, with the mask carried along: random resize of the
     long side (bicubic image, nearest mask), horizontal flip, colour jitter
@@ -445,3 +462,25 @@ class SegTrainTransform(_ResizeFlipJitterCrop):
         x = self.normalization.numpy(image).transpose(1, 2, 0)
         x, mask = random_crop([x, mask], self.crop_size, rng=rng, pad_values=(0.0, IGNORE_INDEX))
         return np.ascontiguousarray(x.transpose(2, 0, 1)), np.ascontiguousarray(mask)
+
+
+def training_transform(
+    transform_class: type, normalization: Normalization, settings: TrainSettings
+) -> Any:
+    """The augmentation `transform_class` (`CamTrainTransform`, …) of a training section.
+
+    Takes the crop size, the colour jitter and, where the transform has one,
+    the random resize from `settings`; a value the transform refuses is a
+    PsaError naming it.
+    """
+    values: dict[str, Any] = {
+        "crop_size": int(settings.crop_size),
+        "color_jitter": tuple(float(v) for v in settings.color_jitter.as_tuple()),
+    }
+    if "resize_long" in {f.name for f in dataclasses.fields(transform_class)}:
+        low, high = settings.resize_long
+        values["resize_long"] = (int(low), int(high))
+    try:
+        return transform_class(normalization=normalization, **values)
+    except ValueError as exc:
+        raise PsaError(f"training augmentation: {exc}") from None

@@ -13,6 +13,8 @@ from psa_core import io
 from psa_core.constants import FEATURE_STRIDE
 from psa_core.data import gt_mask_path, read_labels
 from psa_core.data.synthetic import generate
+from psa_core.settings import DatasetSettings
+from psa_core.stages.common import Shard
 from psa_core.stages.data import index
 
 NUM_TRAIN = 6
@@ -95,7 +97,14 @@ def make_affinity_data(folder: Path) -> AffinityData:
         seed=0,
     )
     images, labels = folder / "index" / "images.txt", folder / "index" / "labels.json"
-    index(root=root, split="train", classes=None, out_images=images, out_labels=labels)
+    index(
+        root=root,
+        split="train",
+        shard=Shard(),
+        dataset=DatasetSettings(),
+        out_images=images,
+        out_labels=labels,
+    )
     classes, _ = read_labels(labels)
     cams = folder / "cam" / "shard-0.h5"
     write_cam_shard(cams, cam_scores(root, labels), classes)

@@ -1,5 +1,5 @@
 """psa_core.affinity: pair labels, the affinity loss, CRF label maps and score pooling
-(DESIGN.md §1.2, §1.3), and the affinity stage's training augmentation."""
+(docs/design.md §1.2, §1.3), and the affinity stage's training augmentation."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def test_pair_labels_by_hand_radius_2():
 
 
 def design_offsets_radius_5() -> list[tuple[int, int]]:
-    """DESIGN.md §1.2, read literally: (0,1)…(0,4), then dy = 1…4 with dx = -4…4,
+    """docs/design.md §1.2, read literally: (0,1)…(0,4), then dy = 1…4 with dx = -4…4,
     keeping 0 < dy² + dx² < 25."""
     offsets = [(0, 1), (0, 2), (0, 3), (0, 4)]
     for dy in (1, 2, 3, 4):

@@ -14,7 +14,7 @@ from psa_core.affinity import (
 )
 from psa_core.errors import PsaError
 
-# DESIGN.md §1.2, written out by hand: (0,1)…(0,4), then dy = 1…4 with dx = -4…4
+# docs/design.md §1.2, written out by hand: (0,1)…(0,4), then dy = 1…4 with dx = -4…4
 # inside the circle dy² + dx² < 25.
 EXPECTED_RADIUS_5 = [
     (0, 1), (0, 2), (0, 3), (0, 4),

@@ -1,4 +1,4 @@
-"""psa_core.optim: the four parameter groups and the poly schedule (DESIGN.md §1.1)."""
+"""psa_core.optim: the four parameter groups and the poly schedule (docs/design.md §1.1)."""
 
 from __future__ import annotations
 

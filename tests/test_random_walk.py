@@ -1,4 +1,4 @@
-"""psa_core.random_walk: the sparse walk against a dense float64 reference (DESIGN.md §1.4, §3).
+"""psa_core.random_walk: the sparse walk against a dense float64 reference (docs/design.md §1.4, §3).
 
 The reference below is written from the DESIGN text alone (its own offsets,
 from-cells and to-cells; no psa_core layout helpers): the dense N×N matrix A
@@ -26,7 +26,7 @@ NUM_OFFSETS = 34
 REL_TOL = 1e-4
 
 
-# -- the dense reference (DESIGN.md §1.4) ------------------------------------
+# -- the dense reference (docs/design.md §1.4) ------------------------------------
 
 
 def design_offsets(radius: int) -> list[tuple[int, int]]:

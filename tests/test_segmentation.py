@@ -1,4 +1,4 @@
-"""The segmentation network's loss, multi-scale fusion, overlay and model folder (DESIGN.md §1.6)."""
+"""The segmentation network's loss, multi-scale fusion, overlay and model folder (docs/design.md §1.6)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from psa_core.segmentation import (
     size_batches,
     write_model_description,
 )
+from psa_core.settings import SegmentationInferSettings
 from psa_core.transforms import SegTrainTransform
 
 NUM_CLASSES = 3  # foreground; the network has 4 outputs
@@ -222,9 +223,7 @@ def _model_folder(tmp_path, net) -> object:
         dilation=2,
         classes=["a", "b", "c"],
         normalization=net.normalization,
-        scales=(1.0, 0.5),
-        flip=True,
-        crf=False,
+        infer=SegmentationInferSettings(scales=(1.0, 0.5), flip=True, crf=False),
         settings={"training": {"epochs": 1}},
     )
     return folder
@@ -266,17 +265,15 @@ def test_model_folder_errors_are_one_line(tmp_path, model) -> None:
 
 def test_segmentation_network_starts_from_the_cam_network(tmp_path) -> None:
     """init_weights "cam": the backbone comes from the trained classifier, the head is new."""
-    import logging
-
-    from psa_core.stages.common import init_model
+    from psa_core.models import create_model
 
     torch.manual_seed(1)
     cam = build_model("tiny", "cam", num_classes=NUM_CLASSES)
     io.save_torch(tmp_path / "cam.pt", cam.state_dict())
-    seg = init_model("tiny", "seg", NUM_CLASSES, tmp_path / "cam.pt", 0, logging.getLogger("t"))
+    seg = create_model("tiny", "seg", NUM_CLASSES, init_weights=tmp_path / "cam.pt", seed=0)
     for key, value in cam.backbone.state_dict().items():
         assert torch.equal(seg.backbone.state_dict()[key], value), key
-    fresh = init_model("tiny", "seg", NUM_CLASSES, None, 0, logging.getLogger("t"))
+    fresh = create_model("tiny", "seg", NUM_CLASSES, seed=0)
     assert torch.equal(seg.head.seg8.weight, fresh.head.seg8.weight)  # same seed, new head
     assert not torch.equal(seg.backbone.stem[0][0].weight, fresh.backbone.stem[0][0].weight)
 
@@ -284,14 +281,14 @@ def test_segmentation_network_starts_from_the_cam_network(tmp_path) -> None:
 def test_crf_post_processing_refines_the_fused_probabilities(model, tmp_path) -> None:
     """segment_images with crf: the argmax of the real dense CRF over the fused softmax."""
     from psa_core.crf import crf_inference
-    from psa_core.stages.segmentation import segment_images
+    from psa_core.segmentation import segment_images
 
     image = _image(40, 52, seed=3)
     path = tmp_path / "x.png"
     Image.fromarray(image).save(path)
-    common = {"scales": (1.0, 0.5), "flip": True, "batch_size": 2, "amp": "none"}
-    [(_, _, plain)] = segment_images(model, [path], crf=False, **common)
-    [(_, _, refined)] = segment_images(model, [path], crf=True, **common)
+    common = {"scales": (1.0, 0.5), "flip": True, "batch_size": 2}
+    [(_, _, plain)] = segment_images(model, [path], SegmentationInferSettings(crf=False, **common))
+    [(_, _, refined)] = segment_images(model, [path], SegmentationInferSettings(crf=True, **common))
     probs = multiscale_softmax(model, [image], (1.0, 0.5), flip=True)[0]
     np.testing.assert_array_equal(plain, probs_to_mask(probs))
     np.testing.assert_array_equal(refined, probs_to_mask(crf_inference(image, probs)))

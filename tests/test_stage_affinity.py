@@ -1,4 +1,4 @@
-"""The affinity stage (DESIGN.md §1.2, §1.3) as users and the rules run it:
+"""The affinity stage (docs/design.md §1.2, §1.3) as users and the rules run it:
 `psa crf-labels`, `psa evaluate-crf-labels` and `psa train-affinity` as real
 subprocesses, plus `CrfLabelQuality` by hand and `AffinityTrainDataset` in process.
 
@@ -22,11 +22,10 @@ import torch
 from PIL import Image
 
 from psa_core import io
-from psa_core.affinity import crf_label_map, pair_offsets
+from psa_core.affinity import HIGH, LOW, AffinityTrainDataset, crf_label_map, pair_offsets
 from psa_core.constants import IGNORE_INDEX, voc_palette
 from psa_core.data import gt_mask_path, image_path, read_labels
 from psa_core.evaluate import CrfLabelQuality
-from psa_core.stages.affinity import HIGH, LOW, AffinityTrainDataset
 from tests.affinity_helpers import (
     AffinityData,
     cam_scores,

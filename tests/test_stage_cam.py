@@ -12,7 +12,9 @@ from psa_core import io
 from psa_core.data import write_labels
 from psa_core.errors import PsaError
 from psa_core.models import build_model
+from psa_core.settings import CamInferSettings, ModelSettings, RunSettings
 from psa_core.stages.cam import infer_cam
+from psa_core.stages.common import LabelledImages, Shard
 from tests.train_helpers import NUM_CLASSES, write_dataset
 
 CLASSES = [f"class{i}" for i in range(NUM_CLASSES)]
@@ -28,27 +30,25 @@ def inputs(tmp_path: Path) -> tuple[list[str], dict]:
     torch.manual_seed(0)
     io.save_torch(tmp_path / "cam.pt", build_model("tiny", "cam", NUM_CLASSES).state_dict())
     keywords = {
-        "root": root,
-        "images": tmp_path / "images.txt",
-        "labels": tmp_path / "labels.json",
+        "data": LabelledImages(
+            root=root, images=tmp_path / "images.txt", labels=tmp_path / "labels.json"
+        ),
         "weights": tmp_path / "cam.pt",
-        "backbone": "tiny",
-        "scales": (1.0,),
-        "dtype": "float32",
-        "device": "cpu",
-        "amp": "none",
+        "model": ModelSettings(backbone="tiny"),
+        "infer": CamInferSettings(scales=(1.0,), dtype="float32"),
+        "run": RunSettings(device="cpu"),
     }
     return names, keywords
 
 
 def test_infer_cam_whole_list_or_one_shard(inputs: tuple[list[str], dict], tmp_path: Path) -> None:
     names, keywords = inputs
-    infer_cam(**keywords, out=tmp_path / "whole.h5")
-    infer_cam(**keywords, shard=1, shard_size=3, out=tmp_path / "part.h5")
+    infer_cam(**keywords, shard=Shard(), out=tmp_path / "whole.h5")
+    infer_cam(**keywords, shard=Shard(shard=1, shard_size=3), out=tmp_path / "part.h5")
 
     whole, attrs = io.read_score_shard(tmp_path / "whole.h5")
     assert sorted(whole) == names  # without --shard: every listed image
-    assert attrs["images"] == str(keywords["images"]) and "shard" not in attrs
+    assert attrs["images"] == str(keywords["data"].images) and "shard" not in attrs
     part, part_attrs = io.read_score_shard(tmp_path / "part.h5")
     assert sorted(part) == names[3:]  # shard 1 of 3: the last two
     assert (part_attrs["shard"], part_attrs["shard_size"]) == (1, 3)
@@ -69,12 +69,12 @@ def test_infer_cam_bad_shard(
 ) -> None:
     _, keywords = inputs
     with pytest.raises(PsaError, match=message):
-        infer_cam(**keywords, **shard, out=tmp_path / "bad.h5")
+        infer_cam(**keywords, shard=Shard(**shard), out=tmp_path / "bad.h5")
     assert not (tmp_path / "bad.h5").exists()
 
 
 def test_infer_cam_unlabelled_image(inputs: tuple[list[str], dict], tmp_path: Path) -> None:
     names, keywords = inputs
-    io.write_lines(keywords["images"], [*names, "img_999"])
+    io.write_lines(keywords["data"].images, [*names, "img_999"])
     with pytest.raises(PsaError, match=r"images\.txt: 1 image\(s\) have no labels \(img_999\)"):
-        infer_cam(**keywords, out=tmp_path / "bad.h5")
+        infer_cam(**keywords, shard=Shard(), out=tmp_path / "bad.h5")

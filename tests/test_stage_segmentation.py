@@ -55,7 +55,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     proc = psa(
         "package-seg-model", "--weights", str(tmp / "weights.pt"),
         "--labels", str(tmp / "labels.json"), "--backbone", "tiny", "--dilation", "2",
-        "--scales", "1.0", "0.5", "--no-crf", "--settings", '{"pipeline": {"seed": 0}}',
+        "--scales", "1.0", "0.5", "--no-crf", "--settings", '{"seed": 0}',
         "--out", str(model),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -4,6 +4,7 @@ bit-identical to an uninterrupted run, in-process and across a real SIGTERM."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -16,8 +17,9 @@ import pytest
 import torch
 
 from psa_core import io
+from psa_core.cam import fit_cam
 from psa_core.errors import PsaError
-from psa_core.stages.cam import fit_cam
+from psa_core.settings import CamSettings
 from psa_core.training import (
     EpochBatchSampler,
     TrainingInterrupted,
@@ -54,26 +56,27 @@ def dataset(tmp_path_factory):
     return root, names[:N_IMAGES], labels, names[N_IMAGES:]
 
 
+SETTING_NAMES = {f.name for f in dataclasses.fields(CamSettings)}
+
+
 def run(dataset, out: Path, *, interrupt_at: int | None = None, val: bool = False, **overrides):
-    """fit_cam on the tiny model; SIGTERM to ourselves after step `interrupt_at`."""
+    """fit_cam on the tiny model; SIGTERM to ourselves after step `interrupt_at`.
+
+    `overrides` are `CamSettings` fields, the data (`names`) or `fit_cam` keywords.
+    """
     root, names, labels, val_names = dataset
 
     def on_step(step: int) -> None:
         if step == interrupt_at:
             signal.raise_signal(signal.SIGTERM)
 
+    cam = {"crop_size": 32, "resize_long": (24, 40), "epochs": EPOCHS, "batch_size": BATCH}
+    cam["lr"] = LR
+    cam.update({k: v for k, v in overrides.items() if k in SETTING_NAMES})
     kwargs = dict(
-        root=root,
-        names=names,
-        labels=labels,
         out_weights=out / "weights.pt",
         checkpoint_path=out / "checkpoint.pt",
         log_csv=out / "log.csv",
-        crop_size=32,
-        resize_long=(24, 40),
-        epochs=EPOCHS,
-        batch_size=BATCH,
-        lr=LR,
         seed=5,
         device="cpu",
         log_every=1,
@@ -81,8 +84,9 @@ def run(dataset, out: Path, *, interrupt_at: int | None = None, val: bool = Fals
         val_names=val_names if val else None,
         on_step=on_step,
     )
-    kwargs.update(overrides)
-    return fit_cam(tiny_model(), **kwargs)
+    kwargs.update({k: v for k, v in overrides.items() if k not in SETTING_NAMES})
+    names = kwargs.pop("names", names)
+    return fit_cam(tiny_model(), root, names, labels, CamSettings(**cam), **kwargs)
 
 
 def read_log(path: Path) -> list[dict[str, str]]:
@@ -201,7 +205,7 @@ def test_resume_with_other_settings_is_refused(dataset, tmp_path):
     with pytest.raises(TrainingInterrupted):
         run(dataset, tmp_path, interrupt_at=2)
     with pytest.raises(
-        PsaError, match=r"checkpoint of a different training run \(lr: 0\.01 -> 0\.02"
+        PsaError, match=r"checkpoint of a different training run \(settings\.lr: 0\.01 -> 0\.02"
     ):
         run(dataset, tmp_path, lr=0.02)
     with pytest.raises(PsaError, match="dataset: .*names"):

@@ -1,4 +1,4 @@
-"""psa_core.transforms: the training augmentation of DESIGN.md §1.1."""
+"""psa_core.transforms: the training augmentation of docs/design.md §1.1."""
 
 from __future__ import annotations
 

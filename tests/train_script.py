@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from psa_core.stages.cam import fit_cam  # noqa: E402
+from psa_core.cam import fit_cam  # noqa: E402
+from psa_core.settings import CamSettings  # noqa: E402
 from psa_core.training import TrainingInterrupted  # noqa: E402
 from tests.train_helpers import read_labels_json, tiny_model  # noqa: E402
 
@@ -29,17 +30,13 @@ def main(root: Path, out: Path, epochs: int) -> int:
     try:
         fit_cam(
             tiny_model(),
-            root=root,
-            names=names,
-            labels=labels,
+            root,
+            names,
+            labels,
+            CamSettings(crop_size=32, resize_long=(24, 40), epochs=epochs, batch_size=4, lr=0.01),
             out_weights=out / "weights.pt",
             checkpoint_path=out / "checkpoint.pt",
             log_csv=out / "log.csv",
-            crop_size=32,
-            resize_long=(24, 40),
-            epochs=epochs,
-            batch_size=4,
-            lr=0.01,
             seed=3,
             device="cpu",
             log_every=1,

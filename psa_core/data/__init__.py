@@ -1,8 +1,10 @@
 """Datasets: the VOC devkit layout, the split index and labels artifact, shards,
-and the synthetic dataset (DESIGN.md §2)."""
+and the synthetic dataset (docs/design.md §2)."""
 
 from psa_core.data.index import (
     CLASSES_FILE,
+    check_names,
+    image_paths,
     index_split,
     num_shards,
     read_classes,
@@ -31,11 +33,13 @@ __all__ = [
     "SYNTHETIC_CLASSES",
     "annotation_path",
     "available_splits",
+    "check_names",
     "check_root",
     "generate_synthetic",
     "gt_mask_path",
     "image_list_path",
     "image_path",
+    "image_paths",
     "verified_image_size",
     "index_split",
     "labels_from_mask",

@@ -6,7 +6,7 @@ The labels artifact is plain JSON (no pickles), one per split::
 
 `images` maps each name, in list order, to the 0-based ids of the classes
 present. Shards cut the ordered name list into consecutive pieces so that
-inference fans out one job per shard (DESIGN.md §2); each shard gets its own
+inference fans out one job per shard (docs/design.md §2); each shard gets its own
 index (image list + labels), so that a longer list reruns only the shards
 whose names changed.
 """
@@ -23,16 +23,7 @@ from PIL import Image, UnidentifiedImageError
 
 from psa_core import io
 from psa_core.constants import VOC_CLASSES
-from psa_core.data.voc import (
-    annotation_path,
-    check_root,
-    gt_mask_path,
-    image_list_path,
-    image_path,
-    labels_from_mask,
-    labels_from_xml,
-    read_image_list,
-)
+from psa_core.data import voc
 from psa_core.errors import PsaError
 
 CLASSES_FILE = "classes.txt"
@@ -52,7 +43,7 @@ def read_classes(root: str | os.PathLike, classes: Sequence[str] | None = None) 
         names = [str(c).strip() for c in classes]
         where = "dataset.classes in config.yaml"
     else:
-        root = check_root(root)
+        root = voc.check_root(root)
         path = root / CLASSES_FILE
         if not path.is_file():
             return list(VOC_CLASSES)
@@ -130,22 +121,22 @@ def index_split(
         name -> (K,) uint8 multi-hot, in list order. PsaError (one line naming
         the file and the fix) at the first bad image or a shard the list lacks.
     """
-    root = check_root(root)
-    list_file = image_list_path(root, split)
+    root = voc.check_root(root)
+    list_file = voc.image_list_path(root, split)
     try:
-        names = select_shard(read_image_list(root, split), shard, shard_size)
+        names = select_shard(voc.read_image_list(root, split), shard, shard_size)
     except PsaError as exc:
         raise PsaError(f"{list_file}: {exc}") from None
     labels: dict[str, np.ndarray] = {}
     for name in names:
-        img_file = image_path(root, name)
+        img_file = voc.image_path(root, name)
         if not img_file.is_file():
             raise PsaError(
                 f"{img_file}: image listed in {list_file} not found; add the image or remove "
                 "it from the list"
             )
         width, height = verified_image_size(img_file)
-        mask_file = gt_mask_path(root, name)
+        mask_file = voc.gt_mask_path(root, name)
         if mask_file is not None:
             mask_w, mask_h = _mask_size(mask_file)
             if (mask_w, mask_h) != (width, height):
@@ -153,11 +144,11 @@ def index_split(
                     f"{mask_file}: mask is {mask_w}x{mask_h} but image {img_file.name} is "
                     f"{width}x{height}; fix or replace the mask"
                 )
-        xml_file = annotation_path(root, name)
+        xml_file = voc.annotation_path(root, name)
         if xml_file.is_file():
-            labels[name] = labels_from_xml(xml_file, classes)
+            labels[name] = voc.labels_from_xml(xml_file, classes)
         elif mask_file is not None:
-            labels[name] = labels_from_mask(io.read_mask(mask_file), len(classes), mask_file)
+            labels[name] = voc.labels_from_mask(io.read_mask(mask_file), len(classes), mask_file)
         else:
             raise PsaError(
                 f"{xml_file}: no annotation and no GT mask for image '{name}' (listed in "
@@ -257,3 +248,28 @@ def select_shard(names: Sequence[str], shard: int | None, shard_size: int | None
             "or neither for the whole list"
         )
     return shard_slice(names, shard_size, shard)
+
+
+def check_names(names: Sequence[str], labels: Mapping[str, np.ndarray], what: str) -> None:
+    """PsaError unless `names` is non-empty and every name has labels."""
+    if not names:
+        raise PsaError(f"{what}: the image list is empty; check the split or the image list file")
+    missing = [n for n in names if n not in labels]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise PsaError(
+            f"{what}: {len(missing)} image(s) have no labels ({shown}); rerun `psa index` so the "
+            "image list and the labels file match"
+        )
+
+
+def image_paths(root: str | os.PathLike, names: Sequence[str]) -> list[Path]:
+    """The image file of every name, all checked to exist (one error naming the first missing)."""
+    paths = [Path(voc.image_path(root, n)) for n in names]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise PsaError(
+            f"{missing[0]}: image not found ({len(missing)} missing under {root}); check the "
+            "dataset root and the image list"
+        )
+    return paths

@@ -1,4 +1,4 @@
-"""Synthetic dataset in the VOC layout: the default, CPU-sized demo data (DESIGN.md §2).
+"""Synthetic dataset in the VOC layout: the default, CPU-sized demo data (docs/design.md §2).
 
 Why it looks like this: PSA exists because a classifier's CAM lights up only
 the most discriminative part of an object, and AffinityNet's random walk has
@@ -58,8 +58,8 @@ from psa_core.data.voc import (
     annotation_path,
     image_path,
 )
-from psa_core.defaults import SYNTHETIC
 from psa_core.errors import PsaError
+from psa_core.settings import SyntheticSettings
 
 SYNTHETIC_CLASSES: tuple[str, ...] = (
     "ruby",
@@ -539,11 +539,11 @@ def _check(ok: bool, key: str, message: str) -> None:
 def generate(
     root: str | os.PathLike,
     *,
-    num_train: int = SYNTHETIC.num_train,
-    num_val: int = SYNTHETIC.num_val,
-    image_size: tuple[int, int] = SYNTHETIC.image_size,
-    num_classes: int = SYNTHETIC.num_classes,
-    seed: int = SYNTHETIC.seed,
+    num_train: int = SyntheticSettings.num_train,
+    num_val: int = SyntheticSettings.num_val,
+    image_size: tuple[int, int] = SyntheticSettings.image_size,
+    num_classes: int = SyntheticSettings.num_classes,
+    seed: int = SyntheticSettings.seed,
     max_objects: int = 3,
     max_classes_per_image: int = 2,
     part_fraction: tuple[float, float] = (0.10, 0.20),

@@ -1,4 +1,4 @@
-"""The PASCAL VOC 2012 devkit layout (DESIGN.md §2): paths, image lists, labels.
+"""The PASCAL VOC 2012 devkit layout (docs/design.md §2): paths, image lists, labels.
 
     root/JPEGImages/NAME.jpg                 RGB images
     root/SegmentationClass/NAME.png          GT masks (palette PNG: index = class,

@@ -1,5 +1,5 @@
 """Networks of PSA: backbones, the CAM, affinity and segmentation heads, and weight import
-(DESIGN.md §3).
+(docs/design.md §3).
 
     model = build_model("resnet38d", "cam", num_classes=20)
     load_weights(model, "ilsvrc-cls_rna-a1_cls1000_ep-0001.params")
@@ -10,13 +10,15 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
 
 from psa_core.affinity import DEFAULT_RADIUS
-from psa_core.defaults import SEGMENTATION_DILATION
 from psa_core.errors import PsaError
 from psa_core.models.nets import (
     AffinityHead,
@@ -31,6 +33,7 @@ from psa_core.models.resnet38d import resnet38d
 from psa_core.models.tiny import tiny
 from psa_core.models.vgg16d import vgg16d
 from psa_core.models.weights import load_weights
+from psa_core.settings import SegmentationSettings
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet38d": resnet38d,
@@ -60,7 +63,7 @@ def build_model(
     num_classes: int = 20,
     *,
     radius: int = DEFAULT_RADIUS,
-    dilation: int = SEGMENTATION_DILATION,
+    dilation: int = SegmentationSettings.dilation,
     **backbone_kwargs: Any,
 ) -> PsaNet:
     """Build a CAM, affinity or segmentation network on a named backbone.
@@ -111,6 +114,46 @@ def build_model(
     )
 
 
+def create_model(
+    backbone: str,
+    head: str,
+    num_classes: int = 20,
+    *,
+    checkpoint_path: str | os.PathLike | None = None,
+    init_weights: str | os.PathLike | None = None,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+    log: logging.Logger | None = None,
+    **options: Any,
+) -> PsaNet:
+    """A model ready to use: built, its weights loaded, on `device`.
+
+    Either `checkpoint_path`: trained weights of this very model, loaded
+    strictly (every name and shape must match), eval mode, for inference.
+    Or `init_weights` (optional): a model to train, its new layers seeded by
+    `seed` so every run of one config starts the same, its backbone from an
+    ImageNet file or an earlier stage's weights (the CAM network for
+    AffinityNet). `options` go to `build_model` (`radius`, `dilation`, …).
+
+    Raises:
+        PsaError: unknown names, a missing or mismatched weights file.
+    """
+    from psa_core.device import resolve_device
+
+    if checkpoint_path is not None and init_weights is not None:
+        raise PsaError("create_model: give checkpoint_path (trained) or init_weights, not both")
+    if seed is not None:
+        torch.manual_seed(seed)  # new layers start the same in every run of a config
+    model = build_model(backbone, head, num_classes=num_classes, **options)
+    if checkpoint_path is not None:
+        load_weights(model, checkpoint_path)
+        return model.to(resolve_device(device) if isinstance(device, str) else device).eval()
+    if init_weights:
+        for note in load_weights(model, init_weights, backbone_only=True):
+            (log or logging.getLogger("psa")).info("init weights: %s", note)
+    return model
+
+
 __all__ = [
     "BACKBONES",
     "HEADS",
@@ -122,5 +165,6 @@ __all__ = [
     "SegHead",
     "SegNet",
     "build_model",
+    "create_model",
     "load_weights",
 ]

@@ -1,9 +1,9 @@
-"""The two PSA networks, each composed as `Model(backbone, head)` (DESIGN.md §1.1, §1.3).
+"""The two PSA networks, each composed as `Model(backbone, head)` (docs/design.md §1.1, §1.3).
 
 - `CAMNet(backbone, CAMHead(...))`: image-level logits and class activation maps.
 - `AffinityNet(backbone, AffinityHead(...))`: pair affinities on the stride-8 grid.
 - `SegNet(backbone, SegHead(...))`: the segmentation network trained on the
-  random-walk masks (DESIGN.md §1.6), K + 1 logits per pixel.
+  random-walk masks (docs/design.md §1.6), K + 1 logits per pixel.
 
 A backbone is any module with `forward(x) -> {"conv4", "conv5", "conv6"}`
 (stride 8; "conv6" is the final map), `out_channels` (channels per key),
@@ -75,7 +75,7 @@ class CAMHead(nn.Module):
     """Dropout → global average pooling → bias-free 1×1 conv to K classes (`fc8`).
 
     `sqrt_cam`: the CAM is `sqrt(relu(fc8 · F))`, as the published VGG-16
-    classifier's `forward_cam` computes it (DESIGN.md §1.1), so `vgg_cls.pth`
+    classifier's `forward_cam` computes it (docs/design.md §1.1), so `vgg_cls.pth`
     gives the published CAMs; ResNet-38 and tiny use `relu(fc8 · F)`.
     """
 
@@ -156,7 +156,7 @@ class AffinityHead(nn.Module):
 
 
 class SegHead(nn.Module):
-    """DeepLab-LargeFOV's head (DESIGN.md §1.6): a dilated 3×3 conv, ReLU and dropout
+    """DeepLab-LargeFOV's head (docs/design.md §1.6): a dilated 3×3 conv, ReLU and dropout
     (`seg6`), then a 1×1 conv to K + 1 classes (`seg8`), at stride 8.
 
     Args:
@@ -221,7 +221,7 @@ class PsaNet(nn.Module):
         return self.backbone.normalization
 
     def new_modules(self) -> list[nn.Module]:
-        """Layers trained from scratch (10× / 20× learning rate, DESIGN.md §1.1)."""
+        """Layers trained from scratch (10× / 20× learning rate, docs/design.md §1.1)."""
         return self.head.new_modules()
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:

@@ -1,113 +1,124 @@
-"""Helpers shared by the stage drivers: image lists, trained models, shard names."""
+"""Helpers shared by the stage drivers: the groups of files several drivers take, the
+keywords of a training run, which shard or mask folder holds an image, and whether a
+shard belongs to the run's dataset."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
-import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from torch import nn
-
 from psa_core import io
 from psa_core.errors import PsaError
+from psa_core.settings import ModelSettings, RunSettings
+
+# -- groups of files ------------------------------------------------------------------
+# A driver parameter typed with one of these takes its fields as `psa` options.
 
 
-def check_names(names: Sequence[str], labels: Mapping[str, np.ndarray], what: str) -> None:
-    """PsaError unless `names` is non-empty and every name has labels."""
-    if not names:
-        raise PsaError(f"{what}: the image list is empty; check the split or the image list file")
-    missing = [n for n in names if n not in labels]
-    if missing:
-        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise PsaError(
-            f"{what}: {len(missing)} image(s) have no labels ({shown}); rerun `psa index` so the "
-            "image list and the labels file match"
-        )
+def file_option(help_: str, **default: Any) -> Any:
+    """A field of a group of files: its `psa` option's help (and its default, if any)."""
+    return dataclasses.field(metadata={"help": help_}, **default)
 
 
-def image_paths(root: str | os.PathLike, names: Sequence[str]) -> list[Path]:
-    """The image file of every name, all checked to exist (one error naming the first missing)."""
-    from psa_core.data import image_path
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ImageList:
+    """The dataset folder and a list of its images."""
 
-    paths = [Path(image_path(root, n)) for n in names]
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise PsaError(
-            f"{missing[0]}: image not found ({len(missing)} missing under {root}); check the "
-            "dataset root and the image list"
-        )
-    return paths
+    root: Path = file_option("dataset folder (VOC layout)")
+    images: Path = file_option("image list from `psa index`")
+
+    def names(self) -> list[str]:
+        """The listed image names, in list order."""
+        return io.read_lines(self.images)
 
 
-_AUGMENTATION_TYPES = {
-    "crop_size": int,
-    "flip": bool,
-    "color_jitter": lambda values: tuple(float(v) for v in values),
-    "resize_long": lambda values: None if values is None else (int(values[0]), int(values[1])),
-}
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LabelledImages(ImageList):
+    """The dataset folder, a list of its images and their labels."""
+
+    labels: Path = file_option("labels from `psa index`")
+
+    def classes(self, *shards: Path) -> list[str]:
+        """The class names of the labels file, each of `shards` checked to be made for them."""
+        from psa_core.data import read_labels
+
+        classes, _ = read_labels(self.labels)
+        for shard in shards:
+            check_shard_classes(shard, classes, self.labels)
+        return classes
 
 
-def training_transform(transform_class: type, normalization: Any, **settings: Any) -> Any:
-    """A training augmentation (`psa_core.transforms.*TrainTransform`) from plain values.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Shard:
+    """One shard of an image list (both or neither; neither = the whole list)."""
 
-    `settings` (crop_size, resize_long, flip, color_jitter) are coerced to the
-    dataclass's types; a bad value is a PsaError naming it.
-    """
-    try:
-        return transform_class(
-            normalization=normalization,
-            **{key: _AUGMENTATION_TYPES[key](value) for key, value in settings.items()},
-        )
-    except ValueError as exc:
-        raise PsaError(f"training augmentation: {exc}") from None
+    shard: int | None = file_option("only this shard of the list (0-based)", default=None)
+    shard_size: int | None = file_option("images per shard (with --shard)", default=None)
 
 
-def load_trained_model(
-    weights: Path, backbone: str, head: str, num_classes: int, device: str, **model_options: Any
-) -> nn.Module:
-    """Build a model, load trained weights strictly, move it to `device`, eval mode.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Reports:
+    """The two reports of an evaluation."""
 
-    `model_options` go to `build_model` (e.g. `radius`).
-    """
-    from psa_core.device import resolve_device
-    from psa_core.models import build_model
-    from psa_core.models.weights import load_weights
-
-    model = build_model(backbone, head, num_classes=num_classes, **model_options)
-    load_weights(model, weights)
-    return model.to(resolve_device(device)).eval()
+    out_json: Path = file_option("metrics to write (.json)")
+    out_csv: Path = file_option("per-class table to write (.csv)")
 
 
-def init_model(
-    backbone: str,
-    head: str,
-    num_classes: int,
-    init: Path | None,
-    seed: int,
-    log: logging.Logger,
-    **model_options: Any,
-) -> nn.Module:
-    """A model to train: new layers seeded by `seed`, the backbone from `init` if given.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingFiles:
+    """What a resumable training reads and writes besides its data."""
 
-    `init` is an ImageNet file or the weights of an earlier stage (the CAM
-    network for AffinityNet); only the backbone is taken from it.
-    `model_options` go to `build_model` (e.g. `radius`).
-    """
-    import torch
+    init: Path | None = file_option("initial weights (backbone only)", default=None)
+    checkpoint: Path = file_option("resume checkpoint path")
+    restart_on_change: bool = file_option(
+        "start over when the checkpoint has other settings (default: refuse)", default=False
+    )
+    out_log: Path = file_option("training log to write (.csv)")
+    out: Path = file_option("trained weights to write (.pt)")
 
-    from psa_core.models import build_model
-    from psa_core.models.weights import load_weights
 
-    torch.manual_seed(seed)  # new layers start the same in every run of a config
-    model = build_model(backbone, head, num_classes=num_classes, **model_options)
-    if init:
-        for note in load_weights(model, init, backbone_only=True):
-            log.info("init weights: %s", note)
-    return model
+@contextlib.contextmanager
+def timed(what: str, count: int) -> Iterator[None]:
+    """Log how long the block took for `count` images, and their rate."""
+    start = time.perf_counter()
+    yield
+    elapsed = time.perf_counter() - start
+    logging.getLogger("psa").info(
+        "%s: %d images in %.1f s (%.2f images/s)", what, count, elapsed, count / max(elapsed, 1e-9)
+    )
+
+
+def model_to_train(
+    head: str, num_classes: int, files: TrainingFiles, model: ModelSettings, run: RunSettings,
+    **options: Any,
+) -> Any:  # fmt: skip
+    """A network to train: new layers seeded by the run's seed, the backbone from the
+    initial weights if any (`psa_core.models.create_model`); `options` go to the head."""
+    from psa_core.models import create_model
+
+    return create_model(
+        model.backbone, head, num_classes, init_weights=files.init, seed=run.seed, **options
+    )
+
+
+def loop_keywords(files: TrainingFiles, run: RunSettings) -> dict[str, Any]:
+    """The keywords of `psa_core.training.train` (through a stage's `fit_*`) for a run."""
+    return {
+        "seed": run.seed,
+        "device": run.device,
+        "amp_dtype": run.amp,
+        "restart_on_change": files.restart_on_change,
+        "out_weights": files.out,
+        "checkpoint_path": files.checkpoint,
+        "log_csv": files.out_log,
+        "config": {"init": str(files.init) if files.init else None},
+    }
 
 
 # -- shards ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Random-walk stage (DESIGN.md §1.4, §1.5): propagate each shard's CAMs over
+"""Random-walk stage (docs/design.md §1.4, §1.5): propagate each shard's CAMs over
 AffinityNet's affinities, write the masks, score them with an alpha sweep,
 export the training split's masks for a segmentation trainer, and summarise
 every stage (workflow/rules/random_walk.smk).
@@ -15,22 +15,41 @@ Per shard the walk writes three artifacts:
 from __future__ import annotations
 
 import logging
-import time
+import os
+import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+import torch
 
 from psa_core import io
+from psa_core.affinity import check_grid_size
 from psa_core.constants import FEATURE_STRIDE
+from psa_core.data import gt_mask_path, image_paths
+from psa_core.device import autocast_dtype, resolve_device
 from psa_core.errors import PsaError
+from psa_core.evaluate import SweepConfusion, summary_rows, write_summary, write_sweep_report
+from psa_core.models import create_model
+from psa_core.plots import sweep_plot
+from psa_core.random_walk import padded_size, random_walk, scores_to_mask, walk_input
+from psa_core.settings import (
+    AffinitySettings,
+    Keys,
+    ModelSettings,
+    RandomWalkEvaluateSettings,
+    RandomWalkSettings,
+    RunSettings,
+)
 from psa_core.stages.common import (
-    check_shard_classes,
-    image_paths,
+    ImageList,
+    LabelledImages,
+    Reports,
     listed_shard_names,
-    load_trained_model,
     mask_files,
     shard_index,
+    timed,
 )
 
 log = logging.getLogger("psa")
@@ -38,84 +57,79 @@ log = logging.getLogger("psa")
 
 def random_walk_shard(
     *,
-    root: Path,
-    images: Path,
-    labels: Path,
+    data: LabelledImages,
     cams: Path,
     weights: Path,
-    backbone: str,
-    radius: int,
-    alpha: float,
-    beta: float,
-    logt: int,
-    device: str,
-    amp: str,
+    model: ModelSettings,
+    affinity: Annotated[AffinitySettings, Keys("radius")],
+    walk: RandomWalkSettings,
+    run: Annotated[RunSettings, Keys("device", "amp")],
     out: Path,
     out_affinity: Path,
     out_masks: Path,
 ) -> None:
-    """`psa random-walk`: masks of one CAM shard by the random walk of DESIGN.md §1.4."""
-    import torch
+    """`psa random-walk`: propagate one CAM shard over AffinityNet's affinities into masks
+    (the random walk of docs/design.md §1.4).
 
-    from psa_core.affinity import check_grid_size
-    from psa_core.data import read_labels
-    from psa_core.device import autocast_dtype, resolve_device
-    from psa_core.random_walk import padded_size, random_walk, scores_to_mask, walk_input
-
-    classes, _ = read_labels(labels)
-    check_shard_classes(cams, classes, labels)
-    names = listed_shard_names(cams, images)
-    paths = image_paths(root, names)
+    Args:
+        cams: the shard's CAMs (HDF5).
+        weights: trained AffinityNet weights (.pt/.pth).
+        out: HDF5 shard of walked scores to write.
+        out_affinity: HDF5 shard of affinities to write.
+        out_masks: folder of mask PNGs to write.
+    """
+    classes = data.classes(cams)
+    names = listed_shard_names(cams, data.images)
+    paths = image_paths(data.root, names)
     cam_data, _ = io.read_score_shard(cams)
-    model = load_trained_model(weights, backbone, "affinity", len(classes), device, radius=radius)
-    torch_device = resolve_device(device)
-    amp_dtype = autocast_dtype(amp)
-    scores, affinities, masks = {}, {}, {}
-    start = time.perf_counter()
-    for name, path in zip(names, paths, strict=True):
-        image = io.read_image(path)
-        maps, class_ids = cam_data[name]
-        if maps.shape[1:] != image.shape[:2]:
-            raise PsaError(
-                f"{cams}: CAMs of '{name}' are {maps.shape[2]}x{maps.shape[1]} but the image is "
-                f"{image.shape[1]}x{image.shape[0]}; delete the shard and rerun infer_cam"
-            )
-        height, width = image.shape[:2]
-        pad_h, pad_w = padded_size(height, width)
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(torch_device)
-        x = torch.nn.functional.pad(model.normalization(x), (0, pad_w - width, 0, pad_h - height))
-        grid = (pad_h // FEATURE_STRIDE, pad_w // FEATURE_STRIDE)
-        try:
-            check_grid_size(*grid, radius)
-        except PsaError:  # too small for a single pair: the walk is the identity
-            aff = torch.zeros(model.head.num_offsets, 0, device=torch_device)
-        else:
-            with (
-                torch.inference_mode(),
-                torch.autocast(torch_device.type, amp_dtype, enabled=amp_dtype is not None),
-            ):
-                aff = model(x)[0].float()
-        start_scores = torch.from_numpy(walk_input(maps, alpha)).to(torch_device)
-        walked = random_walk(aff, start_scores, beta=beta, logt=logt)
-        scores[name] = (walked.cpu().numpy(), class_ids)
-        affinities[name] = (aff.cpu().numpy(), class_ids)
-        masks[name] = scores_to_mask(walked, (height, width), class_ids)
-    elapsed = time.perf_counter() - start
-    log.info(
-        "random walk: %d images in %.1f s (%.2f images/s), beta %g, logt %d, alpha %g",
-        len(names),
-        elapsed,
-        len(names) / max(elapsed, 1e-9),
-        beta,
-        logt,
-        alpha,
+    radius, alpha, beta, logt = affinity.radius, walk.alpha, walk.beta, walk.logt
+    torch_device = resolve_device(run.device)
+    net = create_model(
+        model.backbone,
+        "affinity",
+        len(classes),
+        checkpoint_path=weights,
+        device=torch_device,
+        radius=radius,
     )
+    amp_dtype = autocast_dtype(run.amp)
+    log.info("beta %g, logt %d, alpha %g", beta, logt, alpha)
+    scores, affinities, masks = {}, {}, {}
+    with timed("random walk", len(names)):
+        for name, path in zip(names, paths, strict=True):
+            image = io.read_image(path)
+            maps, class_ids = cam_data[name]
+            if maps.shape[1:] != image.shape[:2]:
+                raise PsaError(
+                    f"{cams}: CAMs of '{name}' are {maps.shape[2]}x{maps.shape[1]} but the image is "
+                    f"{image.shape[1]}x{image.shape[0]}; delete the shard and rerun infer_cam"
+                )
+            height, width = image.shape[:2]
+            pad_h, pad_w = padded_size(height, width)
+            x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(torch_device)
+            x = torch.nn.functional.pad(net.normalization(x), (0, pad_w - width, 0, pad_h - height))
+            grid = (pad_h // FEATURE_STRIDE, pad_w // FEATURE_STRIDE)
+            try:
+                check_grid_size(*grid, radius)
+            except PsaError:  # too small for a single pair: the walk is the identity
+                aff = torch.zeros(net.head.num_offsets, 0, device=torch_device)
+            else:
+                with (
+                    torch.inference_mode(),
+                    torch.autocast(torch_device.type, amp_dtype, enabled=amp_dtype is not None),
+                ):
+                    aff = net(x)[0].float()
+            start_scores = torch.from_numpy(walk_input(maps, alpha)).to(torch_device)
+            walked = random_walk(aff, start_scores, beta=beta, logt=logt)
+            scores[name] = (walked.cpu().numpy(), class_ids)
+            affinities[name] = (aff.cpu().numpy(), class_ids)
+            masks[name] = scores_to_mask(walked, (height, width), class_ids)
     attrs = {
         "stage": "random_walk",
         "classes": classes,
         "cams": str(cams),
         "weights": str(weights),
-        "backbone": backbone,
+        "backbone": model.backbone,
         "radius": radius,
         "alpha": alpha,
         "beta": beta,
@@ -139,8 +153,6 @@ def _iter_walks(
     cam_shards: Sequence[Path],
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Per listed image: (name, walked scores, affinities, CAMs, class_ids, gt)."""
-    from psa_core.data import gt_mask_path
-
     walks = shard_index(walk_shards, names, "random-walk")
     affs = shard_index(affinity_shards, names, "affinity")
     cams = shard_index(cam_shards, names, "CAM")
@@ -161,18 +173,13 @@ def _iter_walks(
 
 def evaluate_random_walk(
     *,
-    root: Path,
-    images: Path,
-    labels: Path,
+    data: LabelledImages,
     walks: Sequence[Path],
     affinities: Sequence[Path],
     cams: Sequence[Path],
-    alpha: float,
-    alphas: Sequence[float],
-    beta: float,
-    logt: int,
-    out_json: Path,
-    out_csv: Path,
+    walk: RandomWalkSettings,
+    evaluate: RandomWalkEvaluateSettings,
+    reports: Reports,
     out_plot: Path,
 ) -> None:
     """`psa evaluate-random-walk`: mIoU of the walk's masks, with a sweep over its alpha.
@@ -180,21 +187,19 @@ def evaluate_random_walk(
     The configured alpha is scored from the stored masks' scores; for every
     alpha of the sweep only the background row walks again, over the stored
     affinities (the class rows do not depend on alpha), so no network runs.
+
+    Args:
+        walks: the split's walked-score shards.
+        affinities: the split's affinity shards.
+        cams: the split's CAM shards.
+        out_plot: the sweep's plot to write (.svg or .png).
     """
-    import torch
-
-    from psa_core.data import read_labels
-    from psa_core.evaluate import SweepConfusion, write_sweep_report
-    from psa_core.plots import sweep_plot
-    from psa_core.random_walk import random_walk, scores_to_mask, walk_input
-
-    classes, _ = read_labels(labels)
-    names = io.read_lines(images)
-    for shard in walks:
-        check_shard_classes(shard, classes, labels)
-    grid = sorted({float(a) for a in alphas} | {float(alpha)})
+    alpha, beta, logt = walk.alpha, walk.beta, walk.logt
+    classes, names = data.classes(*walks), data.names()
+    grid = sorted({float(a) for a in evaluate.alphas} | {float(alpha)})
     sweep = SweepConfusion(len(classes) + 1, grid)
-    for name, walked, aff, maps, class_ids, gt in _iter_walks(root, names, walks, affinities, cams):
+    items = _iter_walks(data.root, names, walks, affinities, cams)
+    for name, walked, aff, maps, class_ids, gt in items:
         size = gt.shape
         if maps.shape[1:] != size:
             raise PsaError(
@@ -217,7 +222,7 @@ def evaluate_random_walk(
         result["best_miou"],
         result["best_value"],
     )
-    write_sweep_report(result, ["background", *classes], out_json, out_csv)
+    write_sweep_report(result, ["background", *classes], reports.out_json, reports.out_csv)
     xs = [row["alpha"] for row in result["sweep"]]
     ys = [row["miou"] for row in result["sweep"]]
     sweep_plot(
@@ -233,17 +238,19 @@ def evaluate_random_walk(
 # -- export and summary -------------------------------------------------------------
 
 
-def export_masks(*, masks: Sequence[Path], images: Path, split: str, root: Path, out: Path) -> None:
+def export_masks(*, data: ImageList, split: str, masks: Sequence[Path], out: Path) -> None:
     """`psa export-masks`: the split's masks as a VOC-style folder a segmentation trainer reads.
 
     `out/SegmentationClassAug/<name>.png` (palette PNGs, VOC colours, 255
     nowhere: every pixel gets a class), `out/ImageSets/Segmentation/<split>.txt`
     (the image names) and `out/JPEGImages` (a link to the dataset's images).
-    """
-    import os
-    import shutil
 
-    names = io.read_lines(images)
+    Args:
+        split: the name of the list file to write.
+        masks: the split's random-walk mask folders.
+        out: the folder to create.
+    """
+    names = data.names()
     found = mask_files(masks, names, "random_walk")
     with io.atomic_dir(out) as folder:
         masks_dir = folder / "SegmentationClassAug"
@@ -256,7 +263,7 @@ def export_masks(*, masks: Sequence[Path], images: Path, split: str, root: Path,
         lists = folder / "ImageSets" / "Segmentation"
         lists.mkdir(parents=True)
         (lists / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
-        (folder / "JPEGImages").symlink_to(Path(root).resolve() / "JPEGImages")
+        (folder / "JPEGImages").symlink_to(Path(data.root).resolve() / "JPEGImages")
     log.info("%d masks exported to %s", len(names), out / "SegmentationClassAug")
 
 
@@ -267,13 +274,18 @@ def summarize(
     crf: Sequence[Path],
     walk: Sequence[Path],
     seg: Sequence[Path] | None,
-    out_json: Path,
-    out_csv: Path,
+    reports: Reports,
 ) -> None:
     """`psa summarize`: one table of CAM → CRF labels → random walk (→ segmentation
-    network, with `seg`) mIoU per split."""
-    from psa_core.evaluate import summary_rows, write_summary
+    network, with `seg`) mIoU per split.
 
+    Args:
+        splits: the evaluated splits.
+        cam: their CAM evaluations (.json), one per split.
+        crf: their CRF-label evaluations (.json).
+        walk: their random-walk evaluations (.json).
+        seg: their segmentation-network evaluations (.json).
+    """
     if not len(splits) == len(cam) == len(crf) == len(walk) == len(seg or splits):
         raise PsaError(
             "summarize: give one CAM, CRF, random-walk (and segmentation) result per split"
@@ -284,4 +296,4 @@ def summarize(
     }
     for split, path in zip(splits, seg or [], strict=False):
         results[split]["seg"] = io.read_json(path)
-    write_summary(summary_rows(results), out_json, out_csv)
+    write_summary(summary_rows(results), reports.out_json, reports.out_csv)

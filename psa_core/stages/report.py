@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from psa_core import io
-from psa_core.stages.affinity import HIGH, LOW
-from psa_core.stages.common import mask_files, shard_index
+from psa_core.affinity import HIGH, LOW, crf_label_map
+from psa_core.data import gt_mask_path, image_path
+from psa_core.plots import GALLERY_COLUMNS, gallery_figure
+from psa_core.settings import ReportSettings
+from psa_core.stages.common import LabelledImages, mask_files, shard_index
 
 log = logging.getLogger("psa")
 
@@ -27,24 +30,26 @@ def pick_examples(names: Sequence[str], count: int) -> list[str]:
 
 def gallery(
     *,
-    root: Path,
-    images: Path,
-    labels: Path,
+    data: LabelledImages,
     cams: Sequence[Path],
     crf: Sequence[Path],
     masks: Sequence[Path],
     seg_masks: Sequence[Path] | None,
-    count: int,
+    report: ReportSettings,
     out: Path,
 ) -> None:
     """`psa gallery`: image, ground truth, CAM, CRF labels, random-walk mask (and, with
-    `seg_masks`, the segmentation network's mask) side by side."""
-    from psa_core.affinity import crf_label_map
-    from psa_core.data import gt_mask_path, image_path, read_labels
-    from psa_core.plots import GALLERY_COLUMNS, gallery_figure
+    `seg_masks`, the segmentation network's mask) side by side.
 
-    classes, _ = read_labels(labels)
-    names = pick_examples(io.read_lines(images), count)
+    Args:
+        cams: the split's CAM shards.
+        crf: the split's CRF shards.
+        masks: the split's random-walk mask folders.
+        seg_masks: the split's segmentation-network mask folders.
+        out: the picture to write (.png).
+    """
+    classes = data.classes()
+    names = pick_examples(data.names(), report.gallery_size)
     cam_where = shard_index(cams, names, "CAM")
     crf_where = shard_index(crf, names, "CRF")
     walk_files = mask_files(masks, names, "random_walk")
@@ -56,14 +61,14 @@ def gallery(
         height, width = cam_maps.shape[1:]
         row = {
             "name": name,
-            "image": io.read_image(image_path(root, name)),
+            "image": io.read_image(image_path(data.root, name)),
             "CAM": cam_maps.max(axis=0) if len(cam_maps) else np.zeros((height, width), np.float32),
             "CRF labels": crf_label_map(stack[LOW], stack[HIGH], class_ids),
             "random walk": io.read_mask(walk_files[name]),
         }
         if seg_files:
             row["segmentation network"] = io.read_mask(seg_files[name])
-        gt_file = gt_mask_path(root, name)
+        gt_file = gt_mask_path(data.root, name)
         if gt_file is not None:
             row["ground truth"] = io.read_mask(gt_file)
         rows.append(row)

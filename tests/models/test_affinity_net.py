@@ -12,7 +12,7 @@ from psa_core.models import build_model
 
 
 def brute_force_affinities(f: torch.Tensor, radius: int) -> torch.Tensor:
-    """f: (B, C, h, w) → (B, n_offsets, n_from), one pair at a time (DESIGN.md §1.2-1.3, §3)."""
+    """f: (B, C, h, w) → (B, n_offsets, n_from), one pair at a time (docs/design.md §1.2-1.3, §3)."""
     batch, _, h, w = f.shape
     offsets = pair_offsets(radius)
     from_cells = [(r, c) for r in range(h - radius + 1) for c in range(radius - 1, w - radius + 1)]

@@ -278,7 +278,7 @@ def test_tiny_batchnorm_trains_while_published_backbones_stay_frozen():
 
 
 def test_vgg_cam_is_sqrt_of_relu_of_the_head_conv():
-    """vgg16d: cam() = sqrt(relu(fc8 · F)), the published forward_cam (DESIGN.md §1.1)."""
+    """vgg16d: cam() = sqrt(relu(fc8 · F)), the published forward_cam (docs/design.md §1.1)."""
     torch.manual_seed(0)
     model = build_model("vgg16d", "cam", num_classes=NUM_CLASSES).eval()
     feature = torch.randn(1, model.backbone.out_channels["conv6"], 3, 4)

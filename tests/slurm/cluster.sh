@@ -7,7 +7,7 @@
 #
 # DIR (or $PSA_SLURM_DIR, default /tmp/psa-slurm) holds the state, spool, pid and log
 # files; `stop` needs the same DIR as `start`. Needs root and no systemd (the daemons
-# are started by hand). Recipe and measurements: /work/shared/SLURM.md.
+# are started by hand). The recipe is written down in README.md (SLURM).
 #
 # The cluster has two partitions on the one node, named as in workflow/profiles/slurm:
 # `cpu` (the default) and `gpu`. The node declares one FAKE GPU (gres.conf maps it to

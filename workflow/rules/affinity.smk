@@ -1,4 +1,4 @@
-# Affinity stage (DESIGN.md §1.2, §1.3): dense-CRF score stacks and label maps per
+# Affinity stage (docs/design.md §1.2, §1.3): dense-CRF score stacks and label maps per
 # CAM shard, their evaluation against ground truth, AffinityNet training.
 
 
@@ -17,26 +17,15 @@ rule crf_labels:
         out("benchmarks/crf_labels/{split}-{shard}.tsv")
     conda:
         "../../envs/psa.yaml"
-    threads: CRF["workers"]
+    threads: config["crf"]["workers"]
     params:
+        # the worker count changes no output: it is the job's threads, not a setting
+        settings=job_settings("crf:-workers"),
         root=DATA_ROOT,
-        alpha_low=CRF["alpha_low"],
-        alpha_high=CRF["alpha_high"],
-        iterations=CRF["iterations"],
-        gaussian_sxy=CRF["gaussian_sxy"],
-        gaussian_compat=CRF["gaussian_compat"],
-        bilateral_sxy=CRF["bilateral_sxy"],
-        bilateral_srgb=CRF["bilateral_srgb"],
-        bilateral_compat=CRF["bilateral_compat"],
-        dtype=CRF["dtype"],
     shell:
-        "exec python -m psa_core crf-labels --root {params.root} --images {input.images}"
-        " --labels {input.labels} --cams {input.cams} --alpha-low {params.alpha_low}"
-        " --alpha-high {params.alpha_high} --iterations {params.iterations}"
-        " --gaussian-sxy {params.gaussian_sxy} --gaussian-compat {params.gaussian_compat}"
-        " --bilateral-sxy {params.bilateral_sxy} --bilateral-srgb {params.bilateral_srgb}"
-        " --bilateral-compat {params.bilateral_compat} --dtype {params.dtype}"
-        " --workers {threads} --out {output.scores} --out-maps {output.maps} > {log} 2>&1"
+        "exec python -m psa_core crf-labels --settings {params.settings:q} --workers {threads}"
+        " --root {params.root:q} --images {input.images:q} --labels {input.labels:q}"
+        " --cams {input.cams:q} --out {output.scores:q} --out-maps {output.maps:q} > {log:q} 2>&1"
 
 
 rule evaluate_crf_labels:
@@ -63,17 +52,15 @@ rule evaluate_crf_labels:
     params:
         root=DATA_ROOT,
     shell:
-        "exec python -m psa_core evaluate-crf-labels --root {params.root} --images {input.images}"
-        " --labels {input.labels} --crf {input.crf} --out-json {output.metrics}"
-        " --out-csv {output.table} > {log} 2>&1"
+        "exec python -m psa_core evaluate-crf-labels --root {params.root:q}"
+        " --images {input.images:q} --labels {input.labels:q} --crf {input.crf:q}"
+        " --out-json {output.metrics:q} --out-csv {output.table:q} > {log:q} 2>&1"
 
 
 rule train_affinity:
     input:
         init=stage_init_weights("affinity"),
-        crf=expand(
-            out("crf/{split}/shard-{shard}.h5"), split=TRAIN_SPLIT, shard=shard_ids(TRAIN_SPLIT)
-        ),
+        crf=split_shards("crf/{split}/shard-{shard}.h5", TRAIN_SPLIT),
         dataset=dataset_input,
         images=out(f"index/{TRAIN_SPLIT}/images.txt"),
         labels=out(f"index/{TRAIN_SPLIT}/labels.json"),
@@ -88,30 +75,13 @@ rule train_affinity:
         "../../envs/psa.yaml"
     threads: 4
     params:
+        settings=job_settings("model", "affinity", TRAIN_RUN),
         root=DATA_ROOT,
         checkpoint=out("affinity/train_checkpoint.pt"),
-        backbone=BACKBONE,
-        init=stage_init_option("affinity"),
-        epochs=AFF["epochs"],
-        batch_size=AFF["batch_size"],
-        lr=AFF["lr"],
-        weight_decay=AFF["weight_decay"],
-        poly_power=AFF["poly_power"],
-        momentum=AFF["momentum"],
-        crop_size=AFF["crop_size"],
-        jitter=spaced(AFF["color_jitter"][k] for k in JITTER_KEYS),
-        num_workers=AFF["num_workers"],
-        radius=AFF["radius"],
-        seed=config["seed"],
-        device=config["device"],
-        amp=config["amp"],
+        init=init_option,
     shell:
-        "exec python -m psa_core train-affinity --root {params.root} --images {input.images}"
-        " --labels {input.labels} --crf {input.crf} --backbone {params.backbone} {params.init}"
-        " --epochs {params.epochs} --batch-size {params.batch_size} --lr {params.lr}"
-        " --weight-decay {params.weight_decay} --poly-power {params.poly_power}"
-        " --momentum {params.momentum} --crop-size {params.crop_size}"
-        " --color-jitter {params.jitter} --num-workers {params.num_workers}"
-        " --radius {params.radius} --seed {params.seed} --device {params.device}"
-        " --amp {params.amp} --threads {threads} --checkpoint {params.checkpoint}"
-        " --restart-on-change --out-log {output.log_csv} --out {output.weights} > {log} 2>&1"
+        "exec python -m psa_core train-affinity --settings {params.settings:q}"
+        " --root {params.root:q} --images {input.images:q} --labels {input.labels:q}"
+        " --crf {input.crf:q} {params.init:q} --threads {threads}"
+        " --checkpoint {params.checkpoint:q} --restart-on-change --out-log {output.log_csv:q}"
+        " --out {output.weights:q} > {log:q} 2>&1"

@@ -1,12 +1,11 @@
-# CAM stage (DESIGN.md §1.1, §1.5): train the classifier, multi-scale CAMs per
+# CAM stage (docs/design.md §1.1, §1.5): train the classifier, multi-scale CAMs per
 # shard, CAM evaluation with a background-threshold sweep.
-CAM = config["cam"]
 
 
 rule train_cam:
     input:
         unpack(val_index),
-        init=init_weights,
+        init=stage_init_weights("cam"),
         dataset=dataset_input,
         images=out(f"index/{TRAIN_SPLIT}/images.txt"),
         labels=out(f"index/{TRAIN_SPLIT}/labels.json"),
@@ -21,35 +20,16 @@ rule train_cam:
         "../../envs/psa.yaml"
     threads: 4
     params:
+        settings=job_settings("model", "cam", TRAIN_RUN),
         root=DATA_ROOT,
         checkpoint=out("cam/train_checkpoint.pt"),
+        init=init_option,
         val=val_options,
-        backbone=BACKBONE,
-        init=option("--init", CAM["init_weights"]),
-        epochs=CAM["epochs"],
-        batch_size=CAM["batch_size"],
-        lr=CAM["lr"],
-        weight_decay=CAM["weight_decay"],
-        poly_power=CAM["poly_power"],
-        momentum=CAM["momentum"],
-        crop_size=CAM["crop_size"],
-        resize_long=spaced(CAM["resize_long"]),
-        jitter=spaced(CAM["color_jitter"][k] for k in JITTER_KEYS),
-        num_workers=CAM["num_workers"],
-        seed=config["seed"],
-        device=config["device"],
-        amp=config["amp"],
     shell:
-        "exec python -m psa_core train-cam --root {params.root} --images {input.images}"
-        " --labels {input.labels} {params.val} --backbone {params.backbone} {params.init}"
-        " --epochs {params.epochs} --batch-size {params.batch_size} --lr {params.lr}"
-        " --weight-decay {params.weight_decay} --poly-power {params.poly_power}"
-        " --momentum {params.momentum}"
-        " --crop-size {params.crop_size} --resize-long {params.resize_long}"
-        " --color-jitter {params.jitter} --num-workers {params.num_workers}"
-        " --seed {params.seed} --device {params.device} --amp {params.amp} --threads {threads}"
-        " --checkpoint {params.checkpoint} --restart-on-change --out-log {output.log_csv}"
-        " --out {output.weights} > {log} 2>&1"
+        "exec python -m psa_core train-cam --settings {params.settings:q} --root {params.root:q}"
+        " --images {input.images:q} --labels {input.labels:q} {params.val:q} {params.init:q}"
+        " --threads {threads} --checkpoint {params.checkpoint:q} --restart-on-change"
+        " --out-log {output.log_csv:q} --out {output.weights:q} > {log:q} 2>&1"
 
 
 rule infer_cam:
@@ -68,18 +48,12 @@ rule infer_cam:
         "../../envs/psa.yaml"
     threads: 2
     params:
+        settings=job_settings("model", "cam.infer", RUN),
         root=DATA_ROOT,
-        backbone=BACKBONE,
-        scales=spaced(CAM["infer"]["scales"]),
-        dtype=CAM["infer"]["dtype"],
-        device=config["device"],
-        amp=config["amp"],
     shell:
-        "exec python -m psa_core infer-cam --root {params.root} --images {input.images}"
-        " --labels {input.labels} --weights {input.weights} --backbone {params.backbone}"
-        " --scales {params.scales} --dtype {params.dtype} --device {params.device}"
-        " --amp {params.amp} --threads {threads}"
-        " --out {output.cams} > {log} 2>&1"
+        "exec python -m psa_core infer-cam --settings {params.settings:q} --root {params.root:q}"
+        " --images {input.images:q} --labels {input.labels:q} --weights {input.weights:q}"
+        " --threads {threads} --out {output.cams:q} > {log:q} 2>&1"
 
 
 rule evaluate_cam:
@@ -105,11 +79,10 @@ rule evaluate_cam:
         "../../envs/psa.yaml"
     threads: 1
     params:
+        settings=job_settings("cam.evaluate"),
         root=DATA_ROOT,
-        thresholds=spaced(CAM["evaluate"]["thresholds"]),
-        bg_threshold=CAM["evaluate"]["bg_threshold"],
     shell:
-        "exec python -m psa_core evaluate-cam --root {params.root} --images {input.images}"
-        " --labels {input.labels} --cams {input.cams} --thresholds {params.thresholds}"
-        " --bg-threshold {params.bg_threshold} --out-json {output.metrics}"
-        " --out-csv {output.table} --out-svg {output.plot} > {log} 2>&1"
+        "exec python -m psa_core evaluate-cam --settings {params.settings:q} --root {params.root:q}"
+        " --images {input.images:q} --labels {input.labels:q} --cams {input.cams:q}"
+        " --out-json {output.metrics:q} --out-csv {output.table:q} --out-svg {output.plot:q}"
+        " > {log:q} 2>&1"

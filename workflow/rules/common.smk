@@ -1,43 +1,30 @@
-# Helpers shared by every stage: config validation, paths, shard lists.
+# Helpers shared by every stage: config validation, paths, shard lists, job settings.
 import functools
-import json
-import shlex
 import sys
 from pathlib import Path
 
-import jsonschema
-import yaml
-from snakemake.utils import validate
-
+from psa_core import settings as psa_settings
 from psa_core.data import image_list_path, num_shards, read_image_list, shard_slice
-from psa_core.defaults import JITTER_KEYS
 from psa_core.errors import PsaError
-
-SCHEMA = "../schemas/config.schema.yaml"
 
 
 def check_config(config):
-    """Stop with one line naming the first bad key (no traceback), then fill defaults."""
-    schema = yaml.safe_load(Path(workflow.source_path(SCHEMA)).read_text())
-    errors = sorted(
-        jsonschema.Draft202012Validator(schema).iter_errors(config), key=lambda e: list(e.path)
-    )
+    """Stop with one line naming the first bad key (no traceback), then fill in the defaults.
+
+    The schema and the defaults come from the dataclasses of psa_core/settings.py.
+    """
+    errors = psa_settings.config_errors(config)
     if errors:
-        error = errors[0]
-        key = ".".join(str(p) for p in error.path) or "(top level)"
         sys.exit(
-            f"config: key '{key}': {error.message}; fix it in config.yaml or --config "
-            "(allowed values: workflow/schemas/config.schema.yaml)"
+            f"config: {errors[0]}; fix it in config.yaml or --config "
+            "(every key, its default and allowed values: psa config-schema)"
         )
-    validate(config, SCHEMA)  # fills in the schema defaults
-    ranges = {
-        "synthetic.image_size": config["synthetic"]["image_size"],
-        "cam.resize_long": config["cam"]["resize_long"],
-        "crf.alpha_low, crf.alpha_high": (config["crf"]["alpha_low"], config["crf"]["alpha_high"]),
-    }
-    for key, (low, high) in ranges.items():
-        if low > high:
-            sys.exit(f"config: key '{key}': [{low}, {high}] has min > max; fix it in config.yaml")
+    try:
+        complete = psa_settings.complete_config(config)
+    except PsaError as exc:
+        sys.exit(f"config: {str(exc).removeprefix('settings: ')}; fix it in config.yaml")
+    config.clear()
+    config.update(complete)
     if config["dataset"]["val_split"] == config["dataset"]["train_split"]:
         sys.exit(
             "config: key 'dataset.val_split': equals dataset.train_split; validate on held-out "
@@ -53,7 +40,6 @@ SYNTHETIC = DATASET["kind"] == "synthetic"
 DATA_ROOT = OUT / "synthetic" if SYNTHETIC else Path(DATASET["root"] or "")
 TRAIN_SPLIT = DATASET["train_split"]
 EVAL_SPLITS = DATASET["eval_splits"]
-BACKBONE = config["model"]["backbone"]
 VAL_SPLIT = DATASET["val_split"]
 
 
@@ -135,16 +121,6 @@ def shard_ids(split):
     return [f"{i:03d}" for i in range(num_shards(split_size(split), DATASET["shard_size"]))]
 
 
-def classes_arg():
-    """The --classes option of `psa index`, empty when the dataset decides."""
-    return option("--classes", ",".join(DATASET["classes"] or []))
-
-
-def init_weights(wildcards):
-    """The initial weights file as an input (so a missing file stops the DAG), or nothing."""
-    return [config["cam"]["init_weights"]] if config["cam"]["init_weights"] else []
-
-
 INIT_FROM_CAM = "cam"
 """init_weights value of affinity / segmentation: start from the trained CAM network's backbone."""
 
@@ -167,19 +143,9 @@ def stage_init_weights(section):
     return init_weights
 
 
-def stage_init_option(section):
-    """The --init option of a training command for the section."""
-    return option("--init", stage_init_path(section))
-
-
-def option(flag, value):
-    """`flag value` for a command line, or nothing when value is empty/None."""
-    return f"{flag} {value}" if value else ""
-
-
-def spaced(values):
-    """A list as space-separated command-line arguments."""
-    return " ".join(str(v) for v in values)
+def init_option(wildcards, input):
+    """The --init option of a training command for its `init` input, or nothing."""
+    return ["--init", input.init] if input.init else []
 
 
 def split_shards(pattern, split):
@@ -215,37 +181,46 @@ def val_index(wildcards):
 def val_options(wildcards, input):
     """The --val-* options of `psa train-cam` for the inputs of `val_index`."""
     if "val_images" not in input.keys():
-        return ""
-    return f"--val-images {input.val_images} --val-labels {input.val_labels}"
+        return []
+    return ["--val-images", input.val_images, "--val-labels", input.val_labels]
 
 
-CRF = config["crf"]
-AFF = config["affinity"]
-RW = config["random_walk"]
+RUN = ":device,amp"
+"""The run keys of an inference job."""
+TRAIN_RUN = ":device,amp,seed"
+"""The run keys of a training job."""
+
+
+def job_settings(*picks):
+    """A job's settings param: the sections it reads, as one JSON value (`psa --settings`).
+
+    Snakemake reruns a job whose params changed, so a job reruns exactly when
+    a value it reads changes (psa_core.settings.job_settings has the picks).
+    """
+    return psa_settings.job_settings(config, *picks)
 
 
 def model_settings():
-    """The settings that made the segmentation model, for its model.json (quoted JSON)."""
-    upstream = {
-        "dataset": {k: DATASET[k] for k in ("kind", "root", "classes", "train_split")},
-        "model": config["model"],
-        "seed": config["seed"],
-        "amp": config["amp"],
-        "cam": {k: v for k, v in config["cam"].items() if k != "evaluate"},
-        "crf": {k: v for k, v in CRF.items() if k != "workers"},
-        "affinity": AFF,
-        "random_walk": {k: v for k, v in RW.items() if k != "evaluate"},
-        "segmentation": {k: v for k, v in config["segmentation"].items() if k != "infer"},
-    }
-    if SYNTHETIC:
-        upstream["synthetic"] = config["synthetic"]
-    return shlex.quote(json.dumps({"pipeline": upstream}, sort_keys=True))
+    """The package_seg_model job's settings: what the segmentation model reads, and every
+    upstream setting that made it, recorded in model.json."""
+    upstream = [
+        "dataset:kind,root,classes,train_split",
+        "model",
+        ":seed,amp",
+        "cam",
+        "cam.infer",
+        "crf:-workers",
+        "affinity",
+        "random_walk",
+        "segmentation",
+        "segmentation.infer:scales,flip,crf",
+    ]
+    return job_settings(*upstream, *(["synthetic"] if SYNTHETIC else []))
 
 
-def flag(name, value):
-    """`--name` or `--no-name` for a boolean option."""
-    return f"--{name}" if value else f"--no-{name}"
-
-
+if config["cam"]["init_weights"] == INIT_FROM_CAM:
+    sys.exit(
+        "config: key 'cam.init_weights': 'cam' names the CAM network itself; use a file or null"
+    )
 for _split in all_splits():
     split_size(_split)  # fail early, with one line, on an unknown split

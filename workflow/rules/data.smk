@@ -13,16 +13,10 @@ rule generate_synthetic:
         "../../envs/psa.yaml"
     threads: 1
     params:
-        seed=config["synthetic"]["seed"],
-        num_train=config["synthetic"]["num_train"],
-        num_val=config["synthetic"]["num_val"],
-        min_side=config["synthetic"]["image_size"][0],
-        max_side=config["synthetic"]["image_size"][1],
-        num_classes=config["synthetic"]["num_classes"],
+        settings=job_settings("synthetic"),
     shell:
-        "exec python -m psa_core synth --out {output.root} --seed {params.seed} --num-train {params.num_train}"
-        " --num-val {params.num_val} --image-size {params.min_side} {params.max_side}"
-        " --num-classes {params.num_classes} > {log} 2>&1"
+        "exec python -m psa_core synth --settings {params.settings:q} --out {output.root:q}"
+        " > {log:q} 2>&1"
 
 
 rule index_split:
@@ -39,11 +33,12 @@ rule index_split:
         "../../envs/psa.yaml"
     threads: 1
     params:
+        settings=job_settings("dataset:classes"),
         root=DATA_ROOT,
-        classes=classes_arg(),
     shell:
-        "exec python -m psa_core index --root {params.root} --split {wildcards.split} {params.classes}"
-        " --out-images {output.images} --out-labels {output.labels} > {log} 2>&1"
+        "exec python -m psa_core index --settings {params.settings:q} --root {params.root:q}"
+        " --split {wildcards.split:q} --out-images {output.images:q}"
+        " --out-labels {output.labels:q} > {log:q} 2>&1"
 
 
 rule index_shard:
@@ -60,11 +55,11 @@ rule index_shard:
         "../../envs/psa.yaml"
     threads: 1
     params:
+        settings=job_settings("dataset:classes"),
         root=DATA_ROOT,
-        classes=classes_arg(),
         shard_size=DATASET["shard_size"],
         names=shard_names,
     shell:
-        "exec python -m psa_core index --root {params.root} --split {wildcards.split} {params.classes}"
-        " --shard {wildcards.shard} --shard-size {params.shard_size}"
-        " --out-images {output.images} --out-labels {output.labels} > {log} 2>&1"
+        "exec python -m psa_core index --settings {params.settings:q} --root {params.root:q}"
+        " --split {wildcards.split:q} --shard {wildcards.shard} --shard-size {params.shard_size}"
+        " --out-images {output.images:q} --out-labels {output.labels:q} > {log:q} 2>&1"

@@ -1,4 +1,4 @@
-# Random-walk stage (DESIGN.md §1.4, §1.5): propagate each CAM shard over
+# Random-walk stage (docs/design.md §1.4, §1.5): propagate each CAM shard over
 # AffinityNet's affinities into masks, score them with an alpha sweep, export
 # the training split's masks for a segmentation trainer, summarise all stages.
 
@@ -22,21 +22,13 @@ rule random_walk:
         "../../envs/psa.yaml"
     threads: 2
     params:
+        settings=job_settings("model", "affinity:radius", "random_walk", RUN),
         root=DATA_ROOT,
-        backbone=BACKBONE,
-        radius=AFF["radius"],
-        alpha=RW["alpha"],
-        beta=RW["beta"],
-        logt=RW["logt"],
-        device=config["device"],
-        amp=config["amp"],
     shell:
-        "exec python -m psa_core random-walk --root {params.root} --images {input.images}"
-        " --labels {input.labels} --cams {input.cams} --weights {input.weights}"
-        " --backbone {params.backbone} --radius {params.radius} --alpha {params.alpha}"
-        " --beta {params.beta} --logt {params.logt} --device {params.device} --amp {params.amp}"
-        " --threads {threads} --out {output.scores} --out-affinity {output.affinity}"
-        " --out-masks {output.masks} > {log} 2>&1"
+        "exec python -m psa_core random-walk --settings {params.settings:q} --root {params.root:q}"
+        " --images {input.images:q} --labels {input.labels:q} --cams {input.cams:q}"
+        " --weights {input.weights:q} --threads {threads} --out {output.scores:q}"
+        " --out-affinity {output.affinity:q} --out-masks {output.masks:q} > {log:q} 2>&1"
 
 
 rule evaluate_random_walk:
@@ -64,17 +56,14 @@ rule evaluate_random_walk:
         "../../envs/psa.yaml"
     threads: 2
     params:
+        settings=job_settings("random_walk", "random_walk.evaluate"),
         root=DATA_ROOT,
-        alpha=RW["alpha"],
-        alphas=spaced(RW["evaluate"]["alphas"]),
-        beta=RW["beta"],
-        logt=RW["logt"],
     shell:
-        "exec python -m psa_core evaluate-random-walk --root {params.root} --images {input.images}"
-        " --labels {input.labels} --walks {input.walks} --affinities {input.affinities}"
-        " --cams {input.cams} --alpha {params.alpha} --alphas {params.alphas}"
-        " --beta {params.beta} --logt {params.logt} --out-json {output.metrics}"
-        " --out-csv {output.table} --out-plot {output.plot} > {log} 2>&1"
+        "exec python -m psa_core evaluate-random-walk --settings {params.settings:q}"
+        " --root {params.root:q} --images {input.images:q} --labels {input.labels:q}"
+        " --walks {input.walks:q} --affinities {input.affinities:q} --cams {input.cams:q}"
+        " --out-json {output.metrics:q} --out-csv {output.table:q} --out-plot {output.plot:q}"
+        " > {log:q} 2>&1"
 
 
 rule export_masks:
@@ -95,8 +84,8 @@ rule export_masks:
         root=DATA_ROOT,
         split=TRAIN_SPLIT,
     shell:
-        "exec python -m psa_core export-masks --root {params.root} --images {input.images}"
-        " --split {params.split} --masks {input.masks} --out {output.folder} > {log} 2>&1"
+        "exec python -m psa_core export-masks --root {params.root:q} --images {input.images:q}"
+        " --split {params.split:q} --masks {input.masks:q} --out {output.folder:q} > {log:q} 2>&1"
 
 
 rule summarize:
@@ -120,8 +109,8 @@ rule summarize:
         "../../envs/psa.yaml"
     threads: 1
     params:
-        splits=spaced(EVAL_SPLITS),
+        splits=EVAL_SPLITS,
     shell:
-        "exec python -m psa_core summarize --splits {params.splits} --cam {input.cam}"
-        " --crf {input.crf} --walk {input.walk} --seg {input.seg} --out-json {output.json}"
-        " --out-csv {output.table} > {log} 2>&1"
+        "exec python -m psa_core summarize --splits {params.splits:q} --cam {input.cam:q}"
+        " --crf {input.crf:q} --walk {input.walk:q} --seg {input.seg:q}"
+        " --out-json {output.json:q} --out-csv {output.table:q} > {log:q} 2>&1"

@@ -26,10 +26,10 @@ rule gallery:
         "../../envs/psa.yaml"
     threads: 1
     params:
+        settings=job_settings("report"),
         root=DATA_ROOT,
-        size=config["report"]["gallery_size"],
     shell:
-        "exec python -m psa_core gallery --root {params.root} --images {input.images}"
-        " --labels {input.labels} --cams {input.cams} --crf {input.crf} --masks {input.masks}"
-        " --seg-masks {input.seg_masks}"
-        " --count {params.size} --out {output.picture} > {log} 2>&1"
+        "exec python -m psa_core gallery --settings {params.settings:q} --root {params.root:q}"
+        " --images {input.images:q} --labels {input.labels:q} --cams {input.cams:q}"
+        " --crf {input.crf:q} --masks {input.masks:q} --seg-masks {input.seg_masks:q}"
+        " --out {output.picture:q} > {log:q} 2>&1"

@@ -1,9 +1,7 @@
-# Segmentation stage (DESIGN.md §1.6): a DeepLab-LargeFOV-style network trained on
+# Segmentation stage (docs/design.md §1.6): a DeepLab-LargeFOV-style network trained on
 # the exported random-walk masks; its masks of the evaluation splits per shard,
 # and their evaluation. The model folder (weights + model.json, its own job so that
 # new inference defaults need no retraining) is what `psa predict` reads.
-SEG = config["segmentation"]
-SEG_INFER = SEG["infer"]
 
 
 rule train_seg:
@@ -24,36 +22,16 @@ rule train_seg:
         "../../envs/psa.yaml"
     threads: 4
     params:
+        settings=job_settings("model", "segmentation", TRAIN_RUN),
         root=DATA_ROOT,
         masks=out("pseudo_masks/SegmentationClassAug"),
         checkpoint=out("seg/train_checkpoint.pt"),
-        backbone=BACKBONE,
-        init=stage_init_option("segmentation"),
-        dilation=SEG["dilation"],
-        epochs=SEG["epochs"],
-        batch_size=SEG["batch_size"],
-        lr=SEG["lr"],
-        weight_decay=SEG["weight_decay"],
-        poly_power=SEG["poly_power"],
-        momentum=SEG["momentum"],
-        crop_size=SEG["crop_size"],
-        resize_long=spaced(SEG["resize_long"]),
-        jitter=spaced(SEG["color_jitter"][k] for k in JITTER_KEYS),
-        num_workers=SEG["num_workers"],
-        seed=config["seed"],
-        device=config["device"],
-        amp=config["amp"],
+        init=init_option,
     shell:
-        "exec python -m psa_core train-seg --root {params.root} --images {input.images}"
-        " --labels {input.labels} --masks {params.masks} --backbone {params.backbone}"
-        " {params.init} --dilation {params.dilation} --epochs {params.epochs}"
-        " --batch-size {params.batch_size} --lr {params.lr} --weight-decay {params.weight_decay}"
-        " --poly-power {params.poly_power} --momentum {params.momentum}"
-        " --crop-size {params.crop_size} --resize-long {params.resize_long}"
-        " --color-jitter {params.jitter} --num-workers {params.num_workers}"
-        " --seed {params.seed} --device {params.device} --amp {params.amp} --threads {threads}"
-        " --checkpoint {params.checkpoint} --restart-on-change --out-log {output.log_csv}"
-        " --out {output.weights} > {log} 2>&1"
+        "exec python -m psa_core train-seg --settings {params.settings:q} --root {params.root:q}"
+        " --images {input.images:q} --labels {input.labels:q} --masks {params.masks:q}"
+        " {params.init:q} --threads {threads} --checkpoint {params.checkpoint:q}"
+        " --restart-on-change --out-log {output.log_csv:q} --out {output.weights:q} > {log:q} 2>&1"
 
 
 rule package_seg_model:
@@ -70,17 +48,11 @@ rule package_seg_model:
         "../../envs/psa.yaml"
     threads: 1
     params:
-        backbone=BACKBONE,
-        dilation=SEG["dilation"],
-        scales=spaced(SEG_INFER["scales"]),
-        flip=flag("flip", SEG_INFER["flip"]),
-        crf=flag("crf", SEG_INFER["crf"]),
         settings=model_settings(),
     shell:
-        "exec python -m psa_core package-seg-model --weights {input.weights}"
-        " --labels {input.labels} --backbone {params.backbone} --dilation {params.dilation}"
-        " --scales {params.scales} {params.flip} {params.crf} --settings {params.settings}"
-        " --out {output.model} > {log} 2>&1"
+        "exec python -m psa_core package-seg-model --settings {params.settings:q}"
+        " --weights {input.weights:q} --labels {input.labels:q} --out {output.model:q}"
+        " > {log:q} 2>&1"
 
 
 rule infer_seg:
@@ -98,19 +70,12 @@ rule infer_seg:
         "../../envs/psa.yaml"
     threads: 2
     params:
+        settings=job_settings("segmentation.infer", RUN),
         root=DATA_ROOT,
-        scales=spaced(SEG_INFER["scales"]),
-        flip=flag("flip", SEG_INFER["flip"]),
-        crf=flag("crf", SEG_INFER["crf"]),
-        batch_size=SEG_INFER["batch_size"],
-        device=config["device"],
-        amp=config["amp"],
     shell:
-        "exec python -m psa_core infer-seg --root {params.root} --images {input.images}"
-        " --model {input.model} --scales {params.scales} {params.flip} {params.crf}"
-        " --batch-size {params.batch_size} --device {params.device} --amp {params.amp}"
-        " --threads {threads}"
-        " --out-masks {output.masks} > {log} 2>&1"
+        "exec python -m psa_core infer-seg --settings {params.settings:q} --root {params.root:q}"
+        " --images {input.images:q} --model {input.model:q} --threads {threads}"
+        " --out-masks {output.masks:q} > {log:q} 2>&1"
 
 
 rule evaluate_seg:
@@ -137,6 +102,6 @@ rule evaluate_seg:
     params:
         root=DATA_ROOT,
     shell:
-        "exec python -m psa_core evaluate-seg --root {params.root} --images {input.images}"
-        " --labels {input.labels} --masks {input.masks} --out-json {output.metrics}"
-        " --out-csv {output.table} > {log} 2>&1"
+        "exec python -m psa_core evaluate-seg --root {params.root:q} --images {input.images:q}"
+        " --labels {input.labels:q} --masks {input.masks:q} --out-json {output.metrics:q}"
+        " --out-csv {output.table:q} > {log:q} 2>&1"
