@@ -196,6 +196,9 @@ class TrainSettings:
         0.0, "SGD momentum (published code: effectively 0).", minimum=0, exclusiveMaximum=1
     )
     crop_size: int = setting(448, "Random crop side (published 448).", minimum=8)
+    flip: bool = setting(
+        True, "Random horizontal flip of the crops (published: on); off where left ≠ right."
+    )
     color_jitter: ColorJitter = setting(ColorJitter(), "Random colour jitter of the crops.")
     num_workers: int = setting(0, "DataLoader worker processes.", minimum=0)
 

@@ -475,6 +475,7 @@ def training_transform(
     """
     values: dict[str, Any] = {
         "crop_size": int(settings.crop_size),
+        "flip": bool(settings.flip),
         "color_jitter": tuple(float(v) for v in settings.color_jitter.as_tuple()),
     }
     if "resize_long" in {f.name for f in dataclasses.fields(transform_class)}:

@@ -198,3 +198,23 @@ def test_module_constants_derive_from_the_settings() -> None:
     assert crf_defaults.iterations == crf.CRF_ITERATIONS
     assert (crf_defaults.alpha_low, crf_defaults.alpha_high) == (crf.ALPHA_LOW, crf.ALPHA_HIGH)
     assert settings.RandomWalkSettings().beta == random_walk.DEFAULT_BETA
+
+
+def test_the_flip_key_reaches_the_schema_the_options_and_the_augmentation() -> None:
+    """A key added as one field (TrainSettings.flip) and used in one place."""
+    from psa_core.transforms import (
+        IMAGENET_NORMALIZATION,
+        AffinityTrainTransform,
+        CamTrainTransform,
+        training_transform,
+    )
+
+    for path in ("cam", "affinity", "segmentation"):
+        prop = settings.section_schema(path)["properties"]["flip"]
+        assert prop["type"] == "boolean" and prop["default"] is True
+    assert settings.complete_config({"affinity": {"flip": False}})["affinity"]["flip"] is False
+    assert _parse(_train_cam_args("--no-flip"))["cam"].flip is False
+    cam = training_transform(CamTrainTransform, IMAGENET_NORMALIZATION, settings.CamSettings())
+    assert cam.flip is True
+    off = settings.AffinitySettings(flip=False)
+    assert training_transform(AffinityTrainTransform, IMAGENET_NORMALIZATION, off).flip is False
