@@ -17,5 +17,8 @@ values documented in its docstring's `Args:`.
     report.py        gallery                                 (workflow/rules/report.smk)
     config.py        print_schema (`psa config-schema`)
 
-Helpers more than one stage needs live in `common.py`.
+Helpers more than one stage needs live in `common.py`. A driver imports the
+library it calls (torch, matplotlib, pydensecrf behind it) inside its body: the
+CLI imports every driver, and `psa --help` or a light job (index, export,
+summary) should not pay for torch.
 """

@@ -17,17 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from psa_core import io
-from psa_core.affinity import (
-    HIGH,
-    LOW,
-    checked_size,
-    crf_label_map,
-    crf_stacks_job,
-    fit_affinity,
-)
 from psa_core.data import gt_mask_path, image_paths
 from psa_core.errors import PsaError
-from psa_core.evaluate import CrfLabelQuality, write_crf_label_report
 from psa_core.settings import (
     AffinitySettings,
     CrfSettings,
@@ -70,6 +61,8 @@ def crf_labels(
         out: HDF5 shard of score stacks to write.
         out_maps: folder of label-map PNGs to write.
     """
+    from psa_core.affinity import HIGH, LOW, checked_size, crf_label_map, crf_stacks_job
+
     classes = data.classes(cams)
     names = listed_shard_names(cams, data.images)
     cam_data, _ = io.read_score_shard(cams)
@@ -122,6 +115,9 @@ def evaluate_crf_labels(*, data: LabelledImages, crf: Sequence[Path], reports: R
     Args:
         crf: the split's CRF shards (HDF5).
     """
+    from psa_core.affinity import HIGH, LOW, crf_label_map
+    from psa_core.evaluate import CrfLabelQuality, write_crf_label_report
+
     classes, names = data.classes(*crf), data.names()
     where = shard_index(crf, names, "CRF")
     quality = CrfLabelQuality(len(classes) + 1)
@@ -167,6 +163,8 @@ def train_affinity(
     Args:
         crf: the split's CRF shards (HDF5).
     """
+    from psa_core.affinity import fit_affinity
+
     names = data.names()
     classes = data.classes(*crf)
     net = model_to_train("affinity", len(classes), files, model, run, radius=affinity.radius)

@@ -16,12 +16,8 @@ from typing import Annotated
 import numpy as np
 
 from psa_core import io
-from psa_core.cam import fit_cam, multiscale_cam
 from psa_core.data import check_names, gt_mask_path, image_path, read_labels, select_shard
-from psa_core.device import autocast_dtype
 from psa_core.errors import PsaError
-from psa_core.evaluate import evaluate_cams, write_cam_report
-from psa_core.models import create_model
 from psa_core.settings import (
     CamEvaluateSettings,
     CamInferSettings,
@@ -62,6 +58,8 @@ def train_cam(
         val_images: images whose loss is logged every epoch (optional).
         val_labels: their labels (default: the training split's).
     """
+    from psa_core.cam import fit_cam
+
     classes, label_map = read_labels(data.labels)
     names = io.read_lines(data.images)
     val_names = None
@@ -97,6 +95,10 @@ def infer_cam(
         weights: trained CAM weights (.pt/.pth).
         out: HDF5 shard to write.
     """
+    from psa_core.cam import multiscale_cam
+    from psa_core.device import autocast_dtype
+    from psa_core.models import create_model
+
     images = data.images
     classes, label_map = read_labels(data.labels)
     try:
@@ -184,6 +186,8 @@ def evaluate_cam(
         cams: the split's CAM shards (HDF5).
         out_svg: the sweep's plot to write (.svg).
     """
+    from psa_core.evaluate import evaluate_cams, write_cam_report
+
     classes, _ = read_labels(data.labels)
     names = io.read_lines(data.images)
     result = evaluate_cams(

@@ -22,18 +22,11 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import torch
 
 from psa_core import io
-from psa_core.affinity import check_grid_size
 from psa_core.constants import FEATURE_STRIDE
 from psa_core.data import gt_mask_path, image_paths
-from psa_core.device import autocast_dtype, resolve_device
 from psa_core.errors import PsaError
-from psa_core.evaluate import SweepConfusion, summary_rows, write_summary, write_sweep_report
-from psa_core.models import create_model
-from psa_core.plots import sweep_plot
-from psa_core.random_walk import padded_size, random_walk, scores_to_mask, walk_input
 from psa_core.settings import (
     AffinitySettings,
     Keys,
@@ -78,6 +71,13 @@ def random_walk_shard(
         out_affinity: HDF5 shard of affinities to write.
         out_masks: folder of mask PNGs to write.
     """
+    import torch
+
+    from psa_core.affinity import check_grid_size
+    from psa_core.device import autocast_dtype, resolve_device
+    from psa_core.models import create_model
+    from psa_core.random_walk import padded_size, random_walk, scores_to_mask, walk_input
+
     classes = data.classes(cams)
     names = listed_shard_names(cams, data.images)
     paths = image_paths(data.root, names)
@@ -194,6 +194,11 @@ def evaluate_random_walk(
         cams: the split's CAM shards.
         out_plot: the sweep's plot to write (.svg or .png).
     """
+    import torch
+
+    from psa_core.evaluate import SweepConfusion, write_sweep_report
+    from psa_core.random_walk import random_walk, scores_to_mask, walk_input
+
     alpha, beta, logt = walk.alpha, walk.beta, walk.logt
     classes, names = data.classes(*walks), data.names()
     grid = sorted({float(a) for a in evaluate.alphas} | {float(alpha)})
@@ -223,6 +228,8 @@ def evaluate_random_walk(
         result["best_value"],
     )
     write_sweep_report(result, ["background", *classes], reports.out_json, reports.out_csv)
+    from psa_core.plots import sweep_plot  # matplotlib: imported by the jobs that draw only
+
     xs = [row["alpha"] for row in result["sweep"]]
     ys = [row["miou"] for row in result["sweep"]]
     sweep_plot(
@@ -286,6 +293,8 @@ def summarize(
         walk: their random-walk evaluations (.json).
         seg: their segmentation-network evaluations (.json).
     """
+    from psa_core.evaluate import summary_rows, write_summary
+
     if not len(splits) == len(cam) == len(crf) == len(walk) == len(seg or splits):
         raise PsaError(
             "summarize: give one CAM, CRF, random-walk (and segmentation) result per split"

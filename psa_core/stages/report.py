@@ -9,9 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from psa_core import io
-from psa_core.affinity import HIGH, LOW, crf_label_map
 from psa_core.data import gt_mask_path, image_path
-from psa_core.plots import GALLERY_COLUMNS, gallery_figure
 from psa_core.settings import ReportSettings
 from psa_core.stages.common import LabelledImages, mask_files, shard_index
 
@@ -48,6 +46,9 @@ def gallery(
         seg_masks: the split's segmentation-network mask folders.
         out: the picture to write (.png).
     """
+    from psa_core.affinity import HIGH, LOW, crf_label_map
+    from psa_core.plots import GALLERY_COLUMNS, gallery_figure  # matplotlib: only when drawing
+
     classes = data.classes()
     names = pick_examples(data.names(), report.gallery_size)
     cam_where = shard_index(cams, names, "CAM")

@@ -18,16 +18,6 @@ from typing import Annotated, Any
 from psa_core import io
 from psa_core.data import gt_mask_path, image_paths, read_labels, select_shard
 from psa_core.errors import PsaError
-from psa_core.evaluate import MaskQuality, write_mask_report
-from psa_core.models import create_model
-from psa_core.segmentation import (
-    WEIGHTS_FILE,
-    fit_seg,
-    load_model_folder,
-    segment_images,
-    write_model_description,
-)
-from psa_core.segmentation import overlay as overlay_mask
 from psa_core.settings import (
     Keys,
     ModelSettings,
@@ -71,6 +61,8 @@ def train_seg(
     Args:
         masks: folder of NAME.png training masks.
     """
+    from psa_core.segmentation import fit_seg
+
     classes = data.classes()
     net = model_to_train("seg", len(classes), files, model, run, dilation=seg.dilation)
     fit_seg(net, data.root, data.names(), masks, seg, **loop_keywords(files, run))
@@ -98,6 +90,9 @@ def package_seg_model(
         labels: labels from `psa index` (the class names).
         out: the model folder to write.
     """
+    from psa_core.models import create_model
+    from psa_core.segmentation import WEIGHTS_FILE, write_model_description
+
     classes, _ = read_labels(labels)
     net = create_model(
         model.backbone,
@@ -140,6 +135,8 @@ def infer_seg(
         model: the model folder package-seg-model wrote.
         out_masks: folder of mask PNGs to write.
     """
+    from psa_core.segmentation import load_model_folder, segment_images
+
     names = select_shard(data.names(), shard.shard, shard.shard_size)
     paths = image_paths(data.root, names)
     net, _ = load_model_folder(model, run.device)
@@ -155,6 +152,8 @@ def evaluate_seg(*, data: LabelledImages, masks: Sequence[Path], reports: Report
     Args:
         masks: the split's mask folders from infer-seg.
     """
+    from psa_core.evaluate import MaskQuality, write_mask_report
+
     classes, names = data.classes(), data.names()
     found = mask_files(masks, names, "infer_seg")
     quality = MaskQuality(len(classes) + 1)
@@ -217,6 +216,9 @@ def predict(
         out: the folder for NAME.png masks.
         overlay: also write NAME.jpg, the mask's colours over the image.
     """
+    from psa_core.segmentation import load_model_folder, segment_images
+    from psa_core.segmentation import overlay as overlay_mask
+
     paths = list_images(images)
     stems = [p.stem for p in paths]
     clash = next((s for s in stems if stems.count(s) > 1), None)
