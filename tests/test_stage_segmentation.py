@@ -159,3 +159,28 @@ def test_predict_bad_input_is_one_line(trained, tmp_path: Path) -> None:
     proc = psa("predict", "--model", str(tmp_path / "nope"), "--images", str(image),
                "--out", str(tmp_path / "o"))  # fmt: skip
     assert proc.returncode == 2 and "model folder not found" in proc.stderr
+
+
+@pytest.mark.parametrize(("suffix", "overlay"), [(".jpg", True), (".png", False)])
+def test_predict_never_writes_over_its_input_images(
+    trained, tmp_path: Path, suffix: str, overlay: bool
+) -> None:
+    """`--out` equal to the images' folder: refused in one line when a mask (PNG input) or
+    an overlay (JPEG input with --overlay) would replace an input; every input keeps its bytes."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for source in sorted((trained["root"] / "JPEGImages").glob("*.jpg"))[:2]:
+        Image.open(source).save(folder / f"{source.stem}{suffix}")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    extra = ["--overlay"] if overlay else []
+    proc = psa("predict", "--model", str(trained["model"]), "--images", str(folder),
+               "--out", str(folder), "--device", "cpu", *extra)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "would overwrite the input image" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    one = next(folder.iterdir())
+    proc = psa("predict", "--model", str(trained["model"]), "--images", str(one),
+               "--out", str(one), "--device", "cpu")  # fmt: skip
+    assert proc.returncode == 2 and "is an input image" in proc.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

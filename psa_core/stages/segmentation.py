@@ -195,6 +195,24 @@ def list_images(source: Path) -> list[Path]:
     return paths
 
 
+def check_outputs_spare_inputs(paths: Sequence[Path], out: Path, overlay: bool) -> None:
+    """PsaError unless writing NAME.png (and NAME.jpg) into `out` leaves every input image
+    alone: `out` must not be an input image, and no mask or overlay may land on one."""
+    inputs = {p.resolve() for p in paths}
+    folder = Path(out).resolve()
+    if folder in inputs:
+        raise PsaError(f"--out {out}: is an input image; give a folder for the masks")
+    suffixes = (".png", ".jpg") if overlay else (".png",)
+    for path in paths:
+        for suffix in suffixes:
+            target = folder / f"{path.stem}{suffix}"
+            if target in inputs:
+                raise PsaError(
+                    f"--out {out}: writing {target.name} would overwrite the input image "
+                    f"{path}; write the masks to another folder"
+                )
+
+
 def predict(
     *,
     model: Path,
@@ -227,6 +245,7 @@ def predict(
             f"two input images are named '{clash}' (different folders or suffixes); their masks "
             "would overwrite each other: rename one or segment them separately"
         )
+    check_outputs_spare_inputs(paths, out, overlay)
     net, description = load_model_folder(model, run.device)
     settings = section_from("segmentation.infer", {**description["inference"], **infer})
     out.mkdir(parents=True, exist_ok=True)
