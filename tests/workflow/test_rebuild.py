@@ -1,24 +1,16 @@
 """Incremental rebuilds: what Snakemake plans after a change, and what then runs.
 
-Every case copies one finished tiny run (with its `.snakemake/` metadata, so
-that Snakemake sees parameter changes), changes one thing, reads Snakemake's
-plan from a dry run and asserts it, then runs the workflow and asserts that
-exactly the planned jobs ran and that the artifacts upstream of the change
-kept their bytes and modification times.
-
-The run uses a dataset in the VOC layout inside the work folder (the
-synthetic images, listed by hand), so that a case can append images to a
-split's list as a user would. The held-out split `val` is evaluated but not
-used for validation (`val_split: null`): as validation split, its images
-would be an input of `train_cam`, and any change to them would rightly
-retrain everything.
+Every case copies the session's finished run (tests/workflow/conftest.py: a
+dataset in the VOC layout, with its `.snakemake/` metadata, so that Snakemake
+sees parameter changes), changes one thing, reads Snakemake's plan from a dry
+run and asserts it, then runs the workflow and asserts that exactly the
+planned jobs ran and that the artifacts upstream of the change kept their
+bytes and modification times.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import shutil
 import subprocess
 import time
 from collections import Counter
@@ -27,26 +19,18 @@ from pathlib import Path
 import pytest
 
 from psa_core import io
-from psa_core.data import generate_synthetic
 from tests.workflow.conftest import (
-    TINY_CONFIG,
+    DATA,
+    SHARD_SIZE,
+    VAL_ADDED,
     job_list,
     planned_jobs,
+    run_config,
     run_snakemake,
     write_config,
 )
 
-pytestmark = pytest.mark.slow  # one full run (about a minute on 2 cores), then reruns
-
-DATA = "data"
-"""The dataset folder, relative to the work folder (so a copied run keeps its input paths)."""
-
-SHARD_SIZE = 8
-NUM_TRAIN = 16
-VAL_LISTED = 12
-"""Images listed in val.txt at first: shards 000 (8 images) and 001 (4)."""
-VAL_ADDED = 6
-"""Images appended to val.txt later: shard 001 fills up to 8, a new shard 002 gets 2."""
+pytestmark = pytest.mark.slow  # reruns of parts of the shared run
 
 NOOP_LIMIT_S = 15.0
 """A run with nothing to do must answer within this (a loaded 2-core box)."""
@@ -66,54 +50,6 @@ RANDOM_WALK_AND_AFTER = {
 
 CAM_STAGE = ("cam/weights.pt", "cam/*/shard-*.h5", "cam/eval/*.json", "index/*/*")
 CRF_STAGE = ("crf/*/shard-*.h5", "crf/eval/*.json", "affinity/weights.pt")
-
-
-def voc_config() -> dict:
-    """TINY_CONFIG on the VOC-layout copy of the synthetic images."""
-    config = copy.deepcopy(TINY_CONFIG)
-    config["dataset"] = {
-        "kind": "voc",
-        "root": DATA,
-        "classes": None,  # from <root>/classes.txt
-        "train_split": "train",
-        "val_split": None,
-        "eval_splits": ["train", "val"],
-        "shard_size": SHARD_SIZE,
-    }
-    return config
-
-
-def make_dataset(root: Path) -> None:
-    """The tiny synthetic images in the VOC layout, val.txt listing only the first VAL_LISTED."""
-    synthetic = TINY_CONFIG["synthetic"]
-    generate_synthetic(
-        root,
-        num_train=NUM_TRAIN,
-        num_val=VAL_LISTED + VAL_ADDED,
-        image_size=tuple(synthetic["image_size"]),
-        num_classes=synthetic["num_classes"],
-        seed=synthetic["seed"],
-    )
-    val_list = root / "ImageSets/Segmentation/val.txt"
-    names = val_list.read_text().split()
-    val_list.write_text("\n".join(names[:VAL_LISTED]) + "\n")
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("rebuild-base")
-    make_dataset(workdir / DATA)
-    write_config(workdir, voc_config())
-    run_snakemake(workdir)
-    return workdir
-
-
-@pytest.fixture
-def run_copy(finished_run: Path, tmp_path: Path) -> Path:
-    """A copy of the finished run: files with their mtimes, and `.snakemake/`."""
-    workdir = tmp_path / "run"
-    shutil.copytree(finished_run, workdir, symlinks=True)
-    return workdir
 
 
 def output(proc: subprocess.CompletedProcess) -> str:
@@ -140,7 +76,7 @@ def stamps(workdir: Path, patterns: tuple[str, ...]) -> dict[str, tuple[int, int
 
 def test_random_walk_beta_reruns_the_walk_and_what_follows_only(run_copy: Path) -> None:
     before = stamps(run_copy, CAM_STAGE + CRF_STAGE)
-    config = voc_config()
+    config = run_config()
     config["random_walk"]["beta"] = 6
     write_config(run_copy, config)
 
@@ -151,7 +87,7 @@ def test_random_walk_beta_reruns_the_walk_and_what_follows_only(run_copy: Path) 
 
 def test_crf_alpha_reruns_labels_affinity_and_walk_not_cams(run_copy: Path) -> None:
     before = stamps(run_copy, CAM_STAGE)
-    config = voc_config()
+    config = run_config()
     config["crf"]["alpha_high"] = 24
     write_config(run_copy, config)
 
@@ -167,9 +103,9 @@ def test_crf_alpha_reruns_labels_affinity_and_walk_not_cams(run_copy: Path) -> N
 
 
 def test_images_added_to_a_split_rerun_only_the_changed_shards(run_copy: Path) -> None:
-    """Shard i holds list entries [8i, 8i + 8): appending 6 names to val's 12 changes
-    shard 001 (4 -> 8 images) and makes shard 002 (2); shard 000 and the training
-    split stay as they are."""
+    """Shard i holds list entries [4i, 4i + 4): appending the 3 unlisted names to val's 6
+    changes shard 001 (2 -> 4 images) and makes shard 002 (1); shard 000 and the
+    training split stay as they are."""
     root = run_copy / DATA
     listed = set((root / "ImageSets/Segmentation/train.txt").read_text().split())
     val_list = root / "ImageSets/Segmentation/val.txt"

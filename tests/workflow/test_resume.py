@@ -14,7 +14,6 @@ finishing currently running jobs"), so the training would simply finish.
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import signal
@@ -29,16 +28,19 @@ import torch
 from psa_core import io
 from tests.workflow.conftest import (
     REPO,
-    TINY_CONFIG,
+    FinishedRun,
+    copy_run,
     job_list,
     planned_jobs,
+    run_config,
     run_snakemake,
     write_config,
 )
 
 AFFINITY_EPOCHS = 30
-"""120 steps of 4 images with TINY_CONFIG: about 12-15 s of training on 2 idle CPU
-cores (a minute on a loaded box), so the signal comes well before the end."""
+"""60 steps of 4 images (2 an epoch, a log row each) on the shared run's 8 training
+images: several seconds of training on 2 idle CPU cores (a minute or more on a
+loaded box), so the signal after LOGGED_ROWS rows comes well before the end."""
 
 LOGGED_ROWS = 2
 """Data rows in the partial training log before the signal: training is under way."""
@@ -71,7 +73,7 @@ FINISHED_BEFORE = (
 
 
 def resume_config() -> dict:
-    config = copy.deepcopy(TINY_CONFIG)
+    config = run_config()
     config["dataset"]["eval_splits"] = ["train"]
     config["affinity"]["epochs"] = AFFINITY_EPOCHS
     return config
@@ -82,6 +84,24 @@ def stamps(results: Path) -> dict[str, tuple[int, bytes]]:
     files = sorted({p for pattern in FINISHED_BEFORE for p in results.glob(pattern)})
     assert len(files) >= 8, files
     return {str(p.relative_to(results)): (p.stat().st_mtime_ns, p.read_bytes()) for p in files}
+
+
+def delete_outputs(workdir: Path, rules: set[str]) -> None:
+    """Delete what the jobs of `rules` made, as listed by `snakemake --summary`."""
+    proc = run_snakemake(workdir, "--summary")
+    lines = proc.stdout.splitlines()
+    assert lines and lines[0].split("\t")[:3] == ["output_file", "date", "rule"], proc.stdout
+    deleted = set()
+    for line in lines[1:]:
+        path, _, rule = line.split("\t")[:3]
+        path = workdir / path
+        if rule in rules and (path.exists() or path.is_symlink()):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            deleted.add(rule)
+    assert deleted == rules - {"all"}, deleted
 
 
 def data_rows(log_csv: Path) -> int:
@@ -138,15 +158,20 @@ def interrupt_during_affinity_training(workdir: Path) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-def test_killed_during_affinity_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    # Everything before train_affinity, once; both runs below start from copies.
-    prefix = tmp_path / "prefix"
-    prefix.mkdir()
+def test_killed_during_affinity_training_resumes_to_the_same_weights(
+    finished_run: FinishedRun, tmp_path: Path
+) -> None:
+    # Everything before train_affinity, once: the shared finished run without what
+    # train_affinity and the jobs after it made (with those outputs present and up to
+    # date, Snakemake would not remake the missing weights). Both runs below start
+    # from copies.
+    prefix = copy_run(finished_run.workdir, tmp_path / "prefix")
     write_config(prefix, resume_config())
-    run_snakemake(prefix, "--omit-from", "train_affinity")
-    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-    shutil.copytree(prefix, reference, symlinks=True)
-    shutil.copytree(prefix, interrupted, symlinks=True)
+    delete_outputs(prefix, AFTER_AFFINITY)
+    proc = run_snakemake(prefix, "-n", "--quiet", "rules")
+    assert set(planned_jobs(proc.stdout + proc.stderr)) == AFTER_AFFINITY
+    reference = copy_run(prefix, tmp_path / "reference")
+    interrupted = copy_run(prefix, tmp_path / "interrupted")
 
     run_snakemake(reference, "results/affinity/weights.pt")  # uninterrupted training
     expected = io.load_torch(reference / "results/affinity/weights.pt")

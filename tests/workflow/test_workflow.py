@@ -17,7 +17,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.workflow.conftest import REPO, TINY_CONFIG, run_snakemake, write_config
+from tests.workflow.conftest import (
+    DATA,
+    NUM_TRAIN,
+    NUM_VAL,
+    REPO,
+    SHARD_SIZE,
+    TINY_CONFIG,
+    VAL_LISTED,
+    FinishedRun,
+    run_config,
+    run_snakemake,
+    write_config,
+)
 
 
 def test_lint_is_clean(tiny_workdir: Path) -> None:
@@ -52,22 +64,53 @@ def test_default_config_dry_run(tmp_path: Path) -> None:
         assert rule in proc.stdout, proc.stdout
 
 
+def test_synthetic_dataset_is_generated_indexed_and_validates_train_cam(
+    tiny_workdir: Path,
+) -> None:
+    """TINY_CONFIG's synthetic dataset (the default kind): `generate_synthetic` makes it,
+    the index jobs read the generated folder, and its val split is train_cam's validation
+    split. (The shared run uses the VOC layout; the SLURM test runs the synthetic chain
+    up to the CAM evaluation.)"""
+    targets = ["results/index/val/images.txt", "results/index/train/shard-001.txt"]
+    proc = run_snakemake(tiny_workdir, *targets)
+    assert sorted(jobs_run(proc.stdout + proc.stderr)) == [
+        "generate_synthetic",
+        "index_shard",
+        "index_split",
+    ]
+    results = tiny_workdir / "results"
+    generated = results / "synthetic/ImageSets/Segmentation"
+    for split, count in (("train", NUM_TRAIN), ("val", NUM_VAL)):
+        assert len((generated / f"{split}.txt").read_text().split()) == count
+    val_names = (results / "index/val/images.txt").read_text().split()
+    assert val_names == (generated / "val.txt").read_text().split()
+    train_names = (generated / "train.txt").read_text().split()
+    shard = (results / "index/train/shard-001.txt").read_text().split()
+    assert shard == train_names[SHARD_SIZE : 2 * SHARD_SIZE]
+    proc = run_snakemake(tiny_workdir, "-n", "-p", "results/cam/weights.pt")
+    assert "--val-images results/index/val/images.txt" in proc.stdout, proc.stdout
+
+
 def jobs_run(stdout_and_err: str) -> list[str]:
     return re.findall(r"^(?:local)?rule (\w+):", stdout_and_err, flags=re.M)
 
 
-@pytest.mark.slow
-def test_full_run_then_incremental_rebuild(tiny_workdir: Path) -> None:
-    proc = run_snakemake(tiny_workdir)
-    results = tiny_workdir / "results"
+@pytest.mark.slow  # the shared run
+def test_full_run_artifacts(finished_run: FinishedRun) -> None:
+    """What one run of the whole DAG leaves behind (the shared run)."""
+    results = finished_run.workdir / "results"
+    num_images = {"train": NUM_TRAIN, "val": VAL_LISTED}
+    train_shards = -(-NUM_TRAIN // SHARD_SIZE)
+    val_shards = -(-VAL_LISTED // SHARD_SIZE)
+    assert train_shards >= 2 and val_shards >= 1
     for split in ("train", "val"):
         metrics = json.loads((results / f"cam/eval/{split}.json").read_text())
         assert 0.0 <= metrics["published_miou"] <= metrics["best_miou"] <= 1.0
-        assert metrics["num_images"] == {"train": 16, "val": 8}[split]
+        assert metrics["num_images"] == num_images[split]
         assert (results / f"cam/eval/{split}.csv").is_file()
         assert (results / f"cam/eval/{split}.svg").read_text().lstrip().startswith("<")
     shards = sorted((results / "cam/train").glob("shard-*.h5"))
-    assert [s.name for s in shards] == ["shard-000.h5", "shard-001.h5"]
+    assert [s.name for s in shards] == [f"shard-{i:03d}.h5" for i in range(train_shards)]
     with h5py.File(shards[0]) as f:
         assert f.attrs["psa_core_version"]
         name = sorted(f)[0]
@@ -76,9 +119,9 @@ def test_full_run_then_incremental_rebuild(tiny_workdir: Path) -> None:
         assert len(f[name].attrs["class_ids"]) == cams.shape[0]
     assert (results / "cam/weights.pt").is_file()
     assert not (results / "cam/train_checkpoint.pt").exists()
-    all_jobs = jobs_run(proc.stdout + proc.stderr)
-    assert all_jobs.count("infer_cam") == 3  # 2 train shards + 1 val shard
-    assert all_jobs.count("crf_labels") == 3
+    all_jobs = jobs_run(finished_run.output)
+    assert all_jobs.count("infer_cam") == train_shards + val_shards
+    assert all_jobs.count("crf_labels") == train_shards + val_shards
     for split in ("train", "val"):
         quality = json.loads((results / f"crf/eval/{split}.json").read_text())
         for key in ("fg_precision", "bg_precision", "uncertain_fraction", "miou"):
@@ -88,7 +131,7 @@ def test_full_run_then_incremental_rebuild(tiny_workdir: Path) -> None:
         stack = f[name][()]
         assert stack.shape == (2, cams.shape[0] + 1, *cams.shape[1:])
     maps = sorted((results / "crf/train/label_maps/shard-000").glob("*.png"))
-    assert len(maps) == 8
+    assert len(maps) == SHARD_SIZE
     assert (results / "affinity/weights.pt").is_file()
     log_header = (results / "affinity/train_log.csv").read_text().splitlines()[0]
     for column in ("bg_loss", "fg_loss", "neg_loss", "bg_count", "fg_count", "neg_count"):
@@ -106,61 +149,78 @@ def test_full_run_then_incremental_rebuild(tiny_workdir: Path) -> None:
             with Image.open(exported / "JPEGImages" / f"{name}.jpg") as image:
                 assert mask.size == image.size
     walk = json.loads((results / "rw/eval/train.json").read_text())
-    assert walk["num_images"] == 16 and 0.0 <= walk["published_miou"] <= 1.0
+    assert walk["num_images"] == NUM_TRAIN and 0.0 <= walk["published_miou"] <= 1.0
     summary = list(csv.DictReader((results / "summary.csv").open()))
     stages = [(row["split"], row["stage"]) for row in summary]
     for split in ("train", "val"):
         for stage in ("CAM", "CRF labels", "random walk", "segmentation network"):
             assert (split, stage) in stages
-    assert "pseudo_masks" in proc.stdout + proc.stderr  # the closing message says where
+    assert "pseudo_masks" in finished_run.output  # the closing message says where
     for split in ("train", "val"):
         with Image.open(results / f"report/gallery-{split}.png") as picture:
             assert picture.width > 500 and picture.height > 100
 
-    # The segmentation network: a model folder, masks per shard, an evaluation, and
-    # `psa predict` on a folder of new images gives infer_seg's masks.
+    # The segmentation network: a model folder, masks per shard, an evaluation.
     description = json.loads((results / "seg/model/model.json").read_text())
     assert description["classes"][0] == "background" and description["backbone"] == "tiny"
     assert description["settings"]["pipeline"]["random_walk"]["beta"] == 8
     seg = json.loads((results / "seg/eval/val.json").read_text())
-    assert seg["num_images"] == 8 and 0.0 <= seg["miou"] <= 1.0
+    assert seg["num_images"] == VAL_LISTED and 0.0 <= seg["miou"] <= 1.0
+
+
+@pytest.mark.slow  # the shared run
+def test_psa_predict_gives_the_masks_of_infer_seg(
+    finished_run: FinishedRun, tmp_path: Path
+) -> None:
+    """`psa predict` on a folder of new images gives infer_seg's masks."""
+    results = finished_run.workdir / "results"
     val_names = (results / "index/val/images.txt").read_text().split()
-    images = tiny_workdir / "new_images"
+    images = tmp_path / "new_images"
     images.mkdir()
     for name in val_names:
-        shutil.copy(results / f"synthetic/JPEGImages/{name}.jpg", images)
-    predicted = tiny_workdir / "predicted"
+        shutil.copy(finished_run.workdir / DATA / f"JPEGImages/{name}.jpg", images)
+    predicted = tmp_path / "predicted"
     subprocess.run(
         [sys.executable, "-m", "psa_core", "predict", "--model", str(results / "seg/model"),
          "--images", str(images), "--out", str(predicted), "--device", "cpu"],
         check=True, capture_output=True,
     )  # fmt: skip
-    for name in val_names:
-        with Image.open(predicted / f"{name}.png") as mask:
+    masks = sorted((results / "seg/val/masks").glob("shard-*/*.png"))
+    assert sorted(p.stem for p in masks) == sorted(val_names)
+    for path in masks:
+        with Image.open(predicted / path.name) as mask, Image.open(path) as expected:
             assert mask.mode == "P"
-            assert np.array_equal(
-                np.asarray(mask),
-                np.asarray(Image.open(results / f"seg/val/masks/shard-000/{name}.png")),
-            )
+            assert np.array_equal(np.asarray(mask), np.asarray(expected))
 
-    # The report holds the gallery and the evaluation plots.
-    run_snakemake(tiny_workdir, "--report", "report.zip")
-    with zipfile.ZipFile(tiny_workdir / "report.zip") as report:
+
+@pytest.mark.slow  # the shared run
+def test_report_holds_the_gallery_and_the_plots(finished_run: FinishedRun, tmp_path: Path) -> None:
+    report_zip = tmp_path / "report.zip"  # outside the shared work folder
+    run_snakemake(finished_run.workdir, "--report", str(report_zip))
+    with zipfile.ZipFile(report_zip) as report:
         files = report.namelist()
     for split in ("train", "val"):
         assert any(f.endswith(f"gallery-{split}.png") for f in files), files
     assert sum(f.endswith(".svg") for f in files) == 4  # CAM and walk sweeps per split
     assert any(f.endswith("summary.csv") for f in files)
 
+
+@pytest.mark.slow
+def test_incremental_rebuild(run_copy: Path) -> None:
+    """On a copy of the shared run: nothing reruns unchanged, and a changed parameter
+    reruns what depends on it only."""
+    results = run_copy / "results"
+    num_shards = -(-NUM_TRAIN // SHARD_SIZE) + -(-VAL_LISTED // SHARD_SIZE)
+
     # Nothing to do when nothing changed.
-    proc = run_snakemake(tiny_workdir)
+    proc = run_snakemake(run_copy)
     assert jobs_run(proc.stdout + proc.stderr) == []
 
     # An evaluation parameter reruns only the evaluations and the summary built on them.
-    config = copy.deepcopy(TINY_CONFIG)
+    config = run_config()
     config["cam"]["evaluate"]["thresholds"] = [0.15, 0.25]
-    write_config(tiny_workdir, config)
-    proc = run_snakemake(tiny_workdir)
+    write_config(run_copy, config)
+    proc = run_snakemake(run_copy)
     assert sorted(jobs_run(proc.stdout + proc.stderr)) == [
         "all",
         "evaluate_cam",
@@ -170,19 +230,19 @@ def test_full_run_then_incremental_rebuild(tiny_workdir: Path) -> None:
 
     # An inference parameter reruns inference and evaluation, not training.
     config["cam"]["infer"]["scales"] = [1.0]
-    write_config(tiny_workdir, config)
-    proc = run_snakemake(tiny_workdir)
+    write_config(run_copy, config)
+    proc = run_snakemake(run_copy)
     ran = jobs_run(proc.stdout + proc.stderr)
-    assert "train_cam" not in ran and ran.count("infer_cam") == 3, ran
+    assert "train_cam" not in ran and ran.count("infer_cam") == num_shards, ran
 
     # New inference defaults of the segmentation network: a new model description and
     # new masks, no retraining.
     config["segmentation"]["infer"]["scales"] = [1.0]
-    write_config(tiny_workdir, config)
-    proc = run_snakemake(tiny_workdir)
+    write_config(run_copy, config)
+    proc = run_snakemake(run_copy)
     ran = jobs_run(proc.stdout + proc.stderr)
     assert "train_seg" not in ran and ran.count("package_seg_model") == 1, ran
-    assert ran.count("infer_seg") == 3 and "infer_cam" not in ran, ran
+    assert ran.count("infer_seg") == num_shards and "infer_cam" not in ran, ran
     description = json.loads((results / "seg/model/model.json").read_text())
     assert description["inference"]["scales"] == [1.0]
     # (A CRF alpha or random-walk parameter: tests/workflow/test_rebuild.py.)
