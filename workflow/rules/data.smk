@@ -61,5 +61,5 @@ rule index_shard:
         names=shard_names,
     shell:
         "exec python -m psa_core index --settings {params.settings:q} --root {params.root:q}"
-        " --split {wildcards.split:q} --shard {wildcards.shard} --shard-size {params.shard_size}"
+        " --split {wildcards.split:q} --shard {wildcards.shard:q} --shard-size {params.shard_size:q}"
         " --out-images {output.images:q} --out-labels {output.labels:q} > {log:q} 2>&1"
