@@ -762,7 +762,6 @@ def complete_config(config: Mapping[str, Any]) -> dict[str, Any]:
     Raises PsaError for a value a section refuses (e.g. an ordered pair in
     the wrong order); check `config_errors` first for the schema's rules.
     """
-    unknown = set(config) - set(section_values(config, "")) - _top_sections()
     complete: dict[str, Any] = {}
     for path in sorted(SECTIONS, key=lambda p: p.count(".")):
         values = as_dict(section(config, path))
@@ -774,8 +773,6 @@ def complete_config(config: Mapping[str, Any]) -> dict[str, Any]:
         for key in filter(None, parent.split(".")):
             node = node[key]
         node[name] = values
-    for key in unknown:
-        complete[key] = config[key]
     return complete
 
 
