@@ -143,7 +143,8 @@ wait_idle() {
     local i daemon states=""
     for i in $(seq 60); do
         for daemon in slurmctld slurmd; do
-            if [[ -z $(live_pid "$DIR/$daemon.pid") ]]; then
+            # A daemon writes its pid file a moment after it forks: give it 10 s.
+            if [[ -z $(live_pid "$DIR/$daemon.pid") ]] && { [[ -f $DIR/$daemon.pid ]] || ((i > 10)); }; then
                 tail -n 5 "$DIR/log/$daemon.log" >&2 || true
                 die "$daemon exited (log: $DIR/log/$daemon.log)"
             fi
