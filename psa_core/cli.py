@@ -195,7 +195,9 @@ def _add_command(sub: Any, name: str, driver: Callable[..., None]) -> None:
     params = parameters(driver)
     for param in params:
         if param.kind == "value":
-            add(p, _flag(param.name), dest=param.name, **_value_kwargs(param.type, docs[param.name]))
+            add(
+                p, _flag(param.name), dest=param.name, **_value_kwargs(param.type, docs[param.name])
+            )
         elif param.kind == "group":
             types = typing.get_type_hints(param.type)
             for field in dataclasses.fields(param.type):

@@ -3,7 +3,6 @@ pipeline does, and a CAM shard made from the ground truth, without a network."""
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,10 +42,6 @@ class AffinityData:
             "--labels",
             str(self.labels),
         ]
-
-
-def psa_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "psa_core", *args]
 
 
 def fake_cams(gt: np.ndarray, class_ids: np.ndarray, stride: int = FEATURE_STRIDE) -> np.ndarray:

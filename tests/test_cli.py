@@ -14,15 +14,12 @@ import torch
 
 from psa_core import io
 from psa_core.data import write_labels
+from tests.cli_helpers import psa
 from tests.train_helpers import NUM_CLASSES, write_dataset
 
 CLASSES = [f"class{i}" for i in range(NUM_CLASSES)]
 
 
-def psa(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "psa_core", *args], capture_output=True, text=True, **kwargs
-    )
 
 
 def test_help_lists_every_subcommand() -> None:
@@ -125,7 +122,7 @@ def test_train_cam_killed_by_sigterm_resumes_to_the_same_weights(tmp_path: Path)
     names, labels = write_dataset(root, n=16)
     write_labels(tmp_path / "labels.json", CLASSES, labels)
     (tmp_path / "images.txt").write_text("\n".join(names) + "\n")
-    epochs = 30  # 4 steps an epoch
+    epochs = 10  # 4 steps an epoch: 40 steps, the signal comes after step 20
 
     def command(out: Path) -> list[str]:
         return [

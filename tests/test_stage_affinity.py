@@ -1,6 +1,6 @@
 """The affinity stage (docs/design.md §1.2, §1.3) as users and the rules run it:
-`psa crf-labels`, `psa evaluate-crf-labels` and `psa train-affinity` as real
-subprocesses, plus `CrfLabelQuality` by hand and `AffinityTrainDataset` in process.
+`psa crf-labels`, `psa evaluate-crf-labels` and `psa train-affinity` through
+the command line (in process; real subprocesses where a signal kills them), plus `CrfLabelQuality` by hand and `AffinityTrainDataset` in process.
 
 The CAMs come from the ground truth, not a network (`tests/affinity_helpers.py`),
 so the CRF stage is tested on its own.
@@ -26,20 +26,12 @@ from psa_core.affinity import HIGH, LOW, AffinityTrainDataset, crf_label_map, pa
 from psa_core.constants import IGNORE_INDEX, voc_palette
 from psa_core.data import gt_mask_path, image_path, read_labels
 from psa_core.evaluate import CrfLabelQuality
-from tests.affinity_helpers import (
-    AffinityData,
-    cam_scores,
-    make_affinity_data,
-    psa_command,
-    write_cam_shard,
-)
+from tests.affinity_helpers import AffinityData, cam_scores, make_affinity_data, write_cam_shard
+from tests.cli_helpers import psa_command
+from tests.cli_helpers import psa_in_process as run_psa
 
 ALPHA_LOW, ALPHA_HIGH = 6.0, 24.0  # not the defaults, so the stored attrs prove they were used
 U = IGNORE_INDEX
-
-
-def run_psa(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(psa_command(*args), capture_output=True, text=True, timeout=timeout)
 
 
 def crf_args(data: AffinityData, cams: Path, out: Path, maps: Path, *extra: str) -> list[str]:
@@ -382,7 +374,7 @@ LOG_EVERY = 10  # psa_core.training's default; epoch ends log too
 def test_train_affinity_killed_by_sigterm_resumes_to_the_same_weights(
     data: AffinityData, crf_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    epochs = 30  # 90 steps, ~3 s of training here; the signal comes at step ~6
+    epochs = 12  # 36 steps; the signal comes at step ~6
 
     def command(out: Path) -> list[str]:
         return psa_command(

@@ -1,4 +1,4 @@
-"""The segmentation stage through the `psa` command line: train-seg and package-seg-model
+"""The segmentation stage through the `psa` command line (in process): train-seg and package-seg-model
 make a model folder, infer-seg and predict segment with it and agree, bad input is one line."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from PIL import Image
 from psa_core import io
 from psa_core.data import write_labels
 from psa_core.segmentation import MODEL_FILE, WEIGHTS_FILE
-from tests.test_cli import CLASSES, psa
+from tests.cli_helpers import psa_in_process as psa
+from tests.test_cli import CLASSES
 from tests.train_helpers import COLOURS, write_dataset
 
 

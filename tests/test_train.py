@@ -236,7 +236,7 @@ def test_sigterm_subprocess_then_resume(tmp_path):
     root = tmp_path / "data"
     names, labels = write_dataset(root, n=16)
     write_labels_json(root / "labels.json", names, labels)
-    epochs = 30  # 4 steps an epoch, 120 steps: long enough for the kill to land mid-run
+    epochs = 12  # 4 steps an epoch, 48 steps: the kill lands mid-run (after step 10)
     total = epochs * 4
     out = tmp_path / "run"
     command = [sys.executable, str(REPO / "tests" / "train_script.py"), str(root), str(out)]
