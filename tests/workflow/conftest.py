@@ -38,9 +38,15 @@ NUM_TRAIN = 8
 NUM_VAL = 4
 """The synthetic val split: one shard (the SLURM test lists its per-shard logs)."""
 
-DATA = "data"
+HOSTILE = "x 'q' $(touch MARK) `touch MARK` é"
+"""In the shared run's folder names: a space, a quote, two command substitutions and a
+non-ASCII letter. Every shell line quotes its values, so the run works and no MARK
+file appears (tests/workflow/test_workflow.py)."""
+DATA = f"data {HOSTILE}"
 """The shared run's dataset folder, relative to the work folder (a copied run keeps its
 input paths)."""
+RESULTS = f"results {HOSTILE}"
+"""The shared run's output_dir, relative to the work folder."""
 VAL_LISTED = SHARD_SIZE + SHARD_SIZE // 2
 """Images of the shared run's val.txt: shards 000 (full) and 001 (half full)."""
 VAL_ADDED = SHARD_SIZE // 2 + 1
@@ -123,8 +129,10 @@ def tiny_workdir(tmp_path: Path) -> Path:
 
 
 def run_config() -> dict:
-    """TINY_CONFIG on the VOC-layout copy of the synthetic images (`make_dataset`)."""
+    """TINY_CONFIG on the VOC-layout copy of the synthetic images (`make_dataset`), in
+    folders with hostile names (`DATA`, `RESULTS`)."""
     config = copy.deepcopy(TINY_CONFIG)
+    config["output_dir"] = RESULTS
     config["dataset"] = {
         "kind": "voc",
         "root": DATA,

@@ -21,6 +21,7 @@ import pytest
 from psa_core import io
 from tests.workflow.conftest import (
     DATA,
+    RESULTS,
     SHARD_SIZE,
     VAL_ADDED,
     job_list,
@@ -68,8 +69,8 @@ def run_and_count(workdir: Path, *targets: str) -> dict[str, int]:
 
 
 def stamps(workdir: Path, patterns: tuple[str, ...]) -> dict[str, tuple[int, int]]:
-    """(mtime in ns, size) of every file under results/ matching `patterns`."""
-    results = workdir / "results"
+    """(mtime in ns, size) of every file of the output folder matching `patterns`."""
+    results = workdir / RESULTS
     files = sorted({p for pattern in patterns for p in results.glob(pattern) if p.is_file()})
     assert files, patterns
     return {str(p.relative_to(results)): (p.stat().st_mtime_ns, p.stat().st_size) for p in files}
@@ -87,7 +88,8 @@ def test_random_walk_beta_reruns_the_walk_and_what_follows_only(run_copy: Path) 
     # images are added, below).
     walk_and_training = {"random_walk": 4, "evaluate_random_walk": 2}
     walk_and_training |= {"export_masks": 1, "train_seg": 1}
-    targets = ["results/seg/weights.pt", "results/rw/eval/train.json", "results/rw/eval/val.json"]
+    targets = [f"{RESULTS}/{path}" for path in ("seg/weights.pt", "rw/eval/train.json")]
+    targets.append(f"{RESULTS}/rw/eval/val.json")
     assert run_and_count(run_copy, *targets) == walk_and_training
     assert stamps(run_copy, CAM_STAGE + CRF_STAGE) == before
     rest = {rule: n for rule, n in RANDOM_WALK_AND_AFTER.items() if rule not in walk_and_training}
@@ -104,8 +106,8 @@ def test_crf_alpha_reruns_labels_affinity_and_walk_not_cams(run_copy: Path) -> N
     assert plan(run_copy) == crf_and_affinity | RANDOM_WALK_AND_AFTER
     # What follows the AffinityNet is the beta case's real rerun: here the CRF labels
     # and the AffinityNet run for real, then the plan holds exactly the rest.
-    targets = ["results/affinity/weights.pt"]
-    targets += [f"results/crf/eval/{split}.json" for split in ("train", "val")]
+    targets = [f"{RESULTS}/affinity/weights.pt"]
+    targets += [f"{RESULTS}/crf/eval/{split}.json" for split in ("train", "val")]
     assert run_and_count(run_copy, *targets) == crf_and_affinity
     assert stamps(run_copy, CAM_STAGE) == before
     assert plan(run_copy) == RANDOM_WALK_AND_AFTER
@@ -152,7 +154,7 @@ def test_images_added_to_a_split_rerun_only_the_changed_shards(run_copy: Path) -
     check(job_list(output(run_snakemake(run_copy, "-n"))))  # the plan
     check(job_list(output(run_snakemake(run_copy))))  # what ran
     assert stamps(run_copy, untouched) == before
-    results, val = run_copy / "results", val + held_back
+    results, val = run_copy / RESULTS, val + held_back
     for i, shard in enumerate(("000", "001", "002")):
         held = io.read_score_shard_names(results / f"cam/val/shard-{shard}.h5")
         assert sorted(held) == sorted(val[i * SHARD_SIZE : (i + 1) * SHARD_SIZE]), shard

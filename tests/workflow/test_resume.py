@@ -28,6 +28,7 @@ import torch
 from psa_core import io
 from tests.workflow.conftest import (
     REPO,
+    RESULTS,
     FinishedRun,
     copy_run,
     job_list,
@@ -127,7 +128,7 @@ def interrupt_during_affinity_training(workdir: Path) -> tuple[int, str]:
     has exited (the training process may outlive Snakemake while it saves
     its checkpoint).
     """
-    partial = workdir / "results/affinity/train_log.csv.partial"
+    partial = workdir / RESULTS / "affinity/train_log.csv.partial"
     log_path = workdir / "interrupted-run.log"
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
     cmd += ["--directory", str(workdir), "--cores", "2"]
@@ -173,10 +174,11 @@ def test_killed_during_affinity_training_resumes_to_the_same_weights(
     reference = copy_run(prefix, tmp_path / "reference")
     interrupted = copy_run(prefix, tmp_path / "interrupted")
 
-    run_snakemake(reference, "results/affinity/weights.pt")  # uninterrupted training
-    expected = io.load_torch(reference / "results/affinity/weights.pt")
+    weights = f"{RESULTS}/affinity/weights.pt"
+    run_snakemake(reference, weights)  # uninterrupted training
+    expected = io.load_torch(reference / weights)
 
-    results = interrupted / "results"
+    results = interrupted / RESULTS
     before = stamps(results)
     code, first_output = interrupt_during_affinity_training(interrupted)
     assert code != 0, first_output
@@ -193,7 +195,7 @@ def test_killed_during_affinity_training_resumes_to_the_same_weights(
     assert proc.returncode == 0, proc.stderr
     assert set(planned_jobs(proc.stdout + proc.stderr)) == AFTER_AFFINITY
     # Resumed to the weights only: what follows them is the rebuild tests' business.
-    proc = run_snakemake(interrupted, "results/affinity/weights.pt")
+    proc = run_snakemake(interrupted, weights)
     ran = [rule for rule, _ in job_list(proc.stdout + proc.stderr)]
     assert ran == ["train_affinity"], ran
     assert "resuming from" in (results / "logs/train_affinity.log").read_text()

@@ -6,6 +6,7 @@ import copy
 import csv
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,9 +20,11 @@ from PIL import Image
 
 from tests.workflow.conftest import (
     DATA,
+    HOSTILE,
     NUM_TRAIN,
     NUM_VAL,
     REPO,
+    RESULTS,
     SHARD_SIZE,
     TINY_CONFIG,
     VAL_LISTED,
@@ -99,7 +102,7 @@ def jobs_run(stdout_and_err: str) -> list[str]:
 @pytest.mark.slow  # the shared run
 def test_full_run_artifacts(finished_run: FinishedRun) -> None:
     """What one run of the whole DAG leaves behind (the shared run)."""
-    results = finished_run.workdir / "results"
+    results = finished_run.workdir / RESULTS
     num_images = {"train": NUM_TRAIN, "val": VAL_LISTED}
     train_shards = -(-NUM_TRAIN // SHARD_SIZE)
     val_shards = -(-VAL_LISTED // SHARD_SIZE)
@@ -170,11 +173,28 @@ def test_full_run_artifacts(finished_run: FinishedRun) -> None:
 
 
 @pytest.mark.slow  # the shared run
+def test_hostile_folder_names_run_and_execute_nothing(finished_run: FinishedRun) -> None:
+    """The shared run's dataset root and output_dir hold a space, a quote, `$(touch MARK)`,
+    a backquoted `touch MARK` and a non-ASCII letter: every job ran on those paths (the
+    summary exists) and neither command ran anywhere."""
+    workdir = finished_run.workdir
+    assert HOSTILE in DATA and HOSTILE in RESULTS and "$(touch MARK)" in HOSTILE
+    assert (workdir / RESULTS / "summary.csv").is_file()
+    assert (workdir / RESULTS / "seg/model/model.json").is_file()
+    for folder in (workdir, workdir / DATA, workdir / RESULTS, REPO, Path.cwd()):
+        assert not (folder / "MARK").exists(), folder
+    assert not list(workdir.rglob("MARK")), "a shell line ran a command from a path"
+    # The command Snakemake runs holds each path quoted as one shell word.
+    proc = run_snakemake(workdir, "-n", "-p", "--forcerun", "summarize")
+    assert shlex.quote(f"{RESULTS}/summary.csv") in proc.stdout, proc.stdout
+
+
+@pytest.mark.slow  # the shared run
 def test_psa_predict_gives_the_masks_of_infer_seg(
     finished_run: FinishedRun, tmp_path: Path
 ) -> None:
     """`psa predict` on a folder of new images gives infer_seg's masks."""
-    results = finished_run.workdir / "results"
+    results = finished_run.workdir / RESULTS
     val_names = (results / "index/val/images.txt").read_text().split()
     images = tmp_path / "new_images"
     images.mkdir()
@@ -210,7 +230,7 @@ def test_report_holds_the_gallery_and_the_plots(finished_run: FinishedRun, tmp_p
 def test_incremental_rebuild(run_copy: Path) -> None:
     """On a copy of the shared run: nothing reruns unchanged, and a changed parameter
     reruns what depends on it only."""
-    results = run_copy / "results"
+    results = run_copy / RESULTS
     num_shards = -(-NUM_TRAIN // SHARD_SIZE) + -(-VAL_LISTED // SHARD_SIZE)
 
     # (Nothing to do when nothing changed: tests/workflow/test_rebuild.py.)
@@ -234,7 +254,7 @@ def test_incremental_rebuild(run_copy: Path) -> None:
     planned = planned_jobs(proc.stdout + proc.stderr)
     assert "train_seg" not in planned and planned["package_seg_model"] == 1, planned
     assert planned["infer_seg"] == num_shards and "infer_cam" not in planned, planned
-    proc = run_snakemake(run_copy, "results/seg/model")
+    proc = run_snakemake(run_copy, f"{RESULTS}/seg/model")
     assert jobs_run(proc.stdout + proc.stderr) == ["package_seg_model"]
     description = json.loads((results / "seg/model/model.json").read_text())
     assert description["inference"]["scales"] == [1.0]
