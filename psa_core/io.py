@@ -106,15 +106,39 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def write_lines(path: str | os.PathLike, lines: list[str]) -> None:
+    """Write one line per entry, UTF-8 whatever the locale (what `read_lines` reads)."""
     with atomic_path(path) as tmp:
-        tmp.write_text("".join(f"{line}\n" for line in lines))
+        tmp.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
-def read_lines(path: str | os.PathLike) -> list[str]:
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file's content, a leading byte-order mark dropped.
+
+    Windows editors start UTF-8 files with a BOM (U+FEFF); kept, it would
+    glue itself invisibly to the first name of a list. PsaError (one line
+    naming the file) when the file is missing, unreadable or not UTF-8.
+    """
     path = Path(path)
     if not path.is_file():
         raise PsaError(f"{path}: file not found; check the path or run the step that makes it")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise PsaError(
+            f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
+            "save the file as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise PsaError(f"{path}: cannot read the file ({exc.strerror}); check it") from None
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """The non-blank lines of a UTF-8 text file (`read_text`), each stripped.
+
+    Inner whitespace is kept: a line is one entry, never split into words.
+    """
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 # -- images and masks -------------------------------------------------------

@@ -68,3 +68,27 @@ def test_atomic_dir_replaces_whole_and_keeps_the_old_one_on_failure(tmp_path) ->
         (folder / "c.png").write_text("3")
     assert sorted(p.name for p in target.iterdir()) == ["c.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps"]  # no temporaries left
+
+
+# -- text lists ------------------------------------------------------------------------
+
+
+def test_read_lines_drops_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "images.txt"
+    path.write_bytes("\ufeff2007_000001\r\n2007_000002\n".encode())  # as Windows Notepad saves
+    assert io.read_lines(path) == ["2007_000001", "2007_000002"]
+
+
+def test_read_lines_keeps_a_line_whole(tmp_path: Path) -> None:
+    path = tmp_path / "classes.txt"
+    path.write_text("  potted plant \n\ncat\n")
+    assert io.read_lines(path) == ["potted plant", "cat"]
+
+
+def test_read_lines_not_utf8_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "images.txt"
+    path.write_bytes(b"a\ncaf\xe9\n")  # Latin-1
+    with pytest.raises(
+        PsaError, match=r"images\.txt: not UTF-8 text \(byte 0xe9 on line 2\); save"
+    ):
+        io.read_lines(path)

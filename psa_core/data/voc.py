@@ -9,9 +9,11 @@
 
 Image lists are looked up, in this order, in `ImageSets/Segmentation/`,
 `ImageSets/SegmentationAug/` and the dataset root itself (where the SBD
-`train_aug.txt` often ends up). A line is either `NAME` or, as in the
-`train_aug` lists, `/JPEGImages/NAME.jpg /SegmentationClassAug/NAME.png`; the
-name is the stem of the line's first field.
+`train_aug.txt` often ends up). A line is `NAME`, `NAME FLAG` (VOC's
+classification lists) or, as in the `train_aug` lists,
+`/JPEGImages/NAME.jpg /SegmentationClassAug/NAME.png`; the name is the stem
+of the line's first field (`parse_list_line`). Lists are UTF-8 (a leading BOM
+is dropped).
 
 Class ids are 0-based in label vectors ((K,) multi-hot) and 1-based in masks
 (index c + 1, see `psa_core.constants.BACKGROUND_INDEX`).
@@ -26,6 +28,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from psa_core import io
 from psa_core.constants import BACKGROUND_INDEX, IGNORE_INDEX
 from psa_core.errors import PsaError
 
@@ -44,6 +47,9 @@ LIST_DIRS: tuple[str, ...] = (LIST_DIR, "ImageSets/SegmentationAug", ".")
 """Folders (relative to the root) searched for `SPLIT.txt`, first hit wins."""
 
 _IMAGE_FILE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+
+_LIST_FLAGS = frozenset({"-1", "0", "1"})
+"""The second column of VOC's classification lists (`NAME -1`, `NAME  0`, `NAME  1`)."""
 
 _NOT_LISTS = frozenset({"classes"})
 """Root-level .txt files that are not image lists."""
@@ -83,10 +89,30 @@ def image_list_path(root: str | os.PathLike, split: str) -> Path:
     )
 
 
+def _is_path(field: str) -> bool:
+    path = PurePosixPath(field)
+    return len(path.parts) > 1 or path.suffix.lower() in _IMAGE_FILE_SUFFIXES
+
+
 def parse_list_line(line: str) -> str:
-    """Image name from one list line: `NAME`, `NAME flag` or `/JPEGImages/NAME.jpg /Seg.../NAME.png`."""
-    first = PurePosixPath(line.split()[0])
-    if len(first.parts) > 1 or first.suffix.lower() in _IMAGE_FILE_SUFFIXES:
+    """Image name from one list line; PsaError (naming no file) for any other line.
+
+    Accepted: `NAME`; `NAME FLAG` with FLAG -1, 0 or 1 (VOC's classification
+    lists); `/JPEGImages/NAME.jpg /SegmentationClassAug/NAME.png` (train_aug,
+    the name is the first path's stem). Fields are split on whitespace, so a
+    name cannot hold any: `my photo` is refused, not cut to `my`.
+    """
+    fields = line.split()
+    if len(fields) == 2 and (fields[1] in _LIST_FLAGS or all(map(_is_path, fields))):
+        fields = fields[:1]
+    if len(fields) != 1:
+        raise PsaError(
+            f"'{line.strip()}' is not one image name (a line is NAME, NAME FLAG or IMAGE_PATH "
+            "MASK_PATH, split on whitespace); rename the image and its mask and annotation "
+            "without whitespace (e.g. my_photo) and list that name"
+        )
+    first = PurePosixPath(fields[0])
+    if _is_path(fields[0]):
         return first.stem
     return first.name
 
@@ -99,20 +125,22 @@ def read_image_list(root: str | os.PathLike, split: str) -> list[str]:
         split: list name, e.g. "train", "val", "train_aug".
 
     Returns:
-        The names (no folder, no suffix). PsaError for a missing root, an
-        unknown split, an empty list or a name listed twice.
+        The names (no folder, no suffix). PsaError (one line naming the file,
+        and the line where there is one) for a missing root, an unknown split,
+        a file that is not UTF-8, a line that is no name (`parse_list_line`),
+        an empty list or a name listed twice.
     """
     path = image_list_path(root, split)
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PsaError(f"{path}: cannot read image list ({exc}); fix or regenerate it") from None
+    lines = io.read_text(path).splitlines()
     names: list[str] = []
     seen: dict[str, int] = {}
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        name = parse_list_line(line)
+        try:
+            name = parse_list_line(line)
+        except PsaError as exc:
+            raise PsaError(f"{path}, line {number}: {exc}") from None
         if name in seen:
             raise PsaError(
                 f"{path}: image '{name}' listed twice (lines {seen[name]} and {number}); "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -38,6 +40,47 @@ def test_read_image_list_train_aug(voc_tree, aug_list, aug_format):
 def test_read_image_list_keeps_dotted_names(tmp_path):
     io.write_lines(tmp_path / "ImageSets/Segmentation/odd.txt", ["img.v2 1", "/JPEGImages/a.b.jpg"])
     assert read_image_list(tmp_path, "odd") == ["img.v2", "a.b"]
+
+
+def test_read_image_list_classification_columns(tmp_path):
+    io.write_lines(tmp_path / "ImageSets/Segmentation/cls.txt", ["a  1", "b -1", "c  0"])
+    assert read_image_list(tmp_path, "cls") == ["a", "b", "c"]
+
+
+def test_read_image_list_drops_a_byte_order_mark(tmp_path):
+    path = tmp_path / "ImageSets/Segmentation/bom.txt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes("\ufeff2007_000001\r\n2007_000002\r\n".encode())
+    assert read_image_list(tmp_path, "bom") == ["2007_000001", "2007_000002"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "my photo",
+        "my photo 1",
+        "2007 000001 2",
+        "/JPEGImages/my photo.jpg /SegmentationClassAug/my photo.png",
+    ],
+)
+def test_read_image_list_refuses_a_name_with_whitespace(tmp_path, line):
+    io.write_lines(tmp_path / "ImageSets/Segmentation/odd.txt", ["a", line])
+    with pytest.raises(
+        PsaError,
+        match=rf"odd\.txt, line 2: '{re.escape(line)}' is not one image name .*; rename the image",
+    ):
+        read_image_list(tmp_path, "odd")
+
+
+def test_read_image_list_not_utf8(tmp_path):
+    path = tmp_path / "ImageSets/Segmentation/latin1.txt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"a\ncaf\xe9\n")
+    with pytest.raises(
+        PsaError,
+        match=r"latin1\.txt: not UTF-8 text \(byte 0xe9 on line 2\); save the file as UTF-8",
+    ):
+        read_image_list(tmp_path, "latin1")
 
 
 def test_unknown_split_lists_existing(voc_tree):
