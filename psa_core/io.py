@@ -143,36 +143,165 @@ def read_lines(path: str | os.PathLike) -> list[str]:
 
 # -- images and masks -------------------------------------------------------
 
+MAX_IMAGE_PIXELS = 89_478_485
+"""Default limit on an image's or mask's width x height: PIL's own warning limit
+(a quarter gigabyte of RGB). Above it a file is refused as a possible
+decompression bomb (a small file that decodes to gigabytes)."""
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image as (H, W, 3) uint8 RGB; PsaError if missing or unreadable."""
+MAX_IMAGE_PIXELS_ENV = "PSA_MAX_IMAGE_PIXELS"
+"""Environment variable that overrides `MAX_IMAGE_PIXELS`; the workflow sets it
+from `max_image_pixels` in config.yaml."""
+
+# `check_image_pixels` replaces PIL's own guard, which raises a raw
+# DecompressionBombError (and warns from half its limit on) inside
+# `Image.open`, before we could name the file and the setting.
+Image.MAX_IMAGE_PIXELS = None
+
+_UINT16_MAX = 65535
+_RGB_MODES = frozenset({"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"})
+"""8-bit modes that PIL converts to RGB itself (dropping alpha)."""
+_DECODE_FIX = {
+    "image": "replace it or remove it from the image list",
+    "mask": "replace it",
+}
+_MASK_FIX = "save the mask as a palette or 8-bit grey PNG of class indices"
+
+
+def max_image_pixels() -> int:
+    """The pixel limit: `PSA_MAX_IMAGE_PIXELS` when set and not blank, else `MAX_IMAGE_PIXELS`.
+
+    Read at every check, so a change of the environment applies at once.
+    PsaError (one line) for a value that is no whole number of 1 or more.
+    """
+    raw = os.environ.get(MAX_IMAGE_PIXELS_ENV, "").strip()
+    if not raw:
+        return MAX_IMAGE_PIXELS
+    try:
+        limit = int(raw)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise PsaError(
+            f"{MAX_IMAGE_PIXELS_ENV}={raw!r}: not a whole number of pixels of 1 or more; set it "
+            f"to one (e.g. {MAX_IMAGE_PIXELS}) or unset it (the workflow sets it from "
+            "max_image_pixels in config.yaml)"
+        )
+    return limit
+
+
+def check_image_pixels(path: str | os.PathLike, size: tuple[int, int]) -> None:
+    """PsaError unless width x height (`size`, from the header) is within `max_image_pixels()`."""
+    width, height = size
+    pixels, limit = width * height, max_image_pixels()
+    if pixels > limit:
+        raise PsaError(
+            f"{path}: {width} x {height} = {pixels} pixels is over the limit of {limit} (a guard "
+            "against decompression bombs); if the image is genuine, raise max_image_pixels in "
+            f"config.yaml or {MAX_IMAGE_PIXELS_ENV}"
+        )
+
+
+@contextlib.contextmanager
+def open_image(path: str | os.PathLike, what: str = "image") -> Iterator[Image.Image]:
+    """The image file at `path`, its header read and its size checked, its pixels not yet decoded.
+
+    Every image and mask of the pipeline is opened here: the size is checked
+    against `max_image_pixels()` before any decoding. A decoding error
+    raised inside the block (a truncated or corrupt file) becomes PsaError.
+
+    Args:
+        what: "image" or "mask", for the messages.
+    """
     path = Path(path)
     if not path.is_file():
-        raise PsaError(f"{path}: image not found; check the dataset root and the image list")
+        raise PsaError(f"{path}: {what} not found; check the dataset root and the image list")
     try:
         with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            check_image_pixels(path, img.size)
+            yield img
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise PsaError(f"{path}: cannot decode {what} ({exc}); {_DECODE_FIX[what]}") from None
+
+
+def image_rgb(img: Image.Image, path: str | os.PathLike) -> np.ndarray:
+    """The pixels of an opened image as (H, W, 3) uint8 RGB, by the rules of `read_image`."""
+    mode = img.mode
+    if mode in _RGB_MODES:
+        return np.array(img.convert("RGB"), dtype=np.uint8)
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(img)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > _UINT16_MAX:
+            raise PsaError(
+                f"{path}: 32-bit integer image (mode I) holds values {low}..{high}, outside the "
+                "16-bit range 0..65535; convert the image to 8 or 16 bit"
+            )
+        # round(v * 255 / 65535) = round(v / 257), in integers (no ties occur)
+        grey = ((values.astype(np.uint32) * 255 + _UINT16_MAX // 2) // _UINT16_MAX).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "F":
         raise PsaError(
-            f"{path}: cannot decode image ({exc}); replace or remove it from the list"
-        ) from None
+            f"{path}: floating-point image (mode F) has no fixed value range; convert the "
+            "image to 8 or 16 bit"
+        )
+    raise PsaError(f"{path}: image mode {mode} is not supported; convert the image to 8-bit RGB")
+
+
+def mask_indices(img: Image.Image, path: str | os.PathLike) -> np.ndarray:
+    """The pixels of an opened mask as (H, W) uint8 class indices, by the rules of `read_mask`."""
+    mode = img.mode
+    if mode in ("P", "L"):
+        return np.array(img, dtype=np.uint8)
+    if mode == "1":
+        return np.asarray(img).astype(np.uint8)  # bool: 0 / 1
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(img)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 255:
+            bad = low if low < 0 else high
+            raise PsaError(
+                f"{path}: mask (mode {mode}) holds value {bad}, not a class index in 0..255; "
+                f"{_MASK_FIX}"
+            )
+        return values.astype(np.uint8)
+    raise PsaError(f"{path}: mask has mode {mode}; {_MASK_FIX}")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image as (H, W, 3) uint8 RGB; PsaError (one line) if it cannot be.
+
+    Modes, by scaling, never by clipping:
+
+    - 1, L, P, RGB, CMYK (also RGBX, YCbCr): PIL's conversion to RGB (CMYK
+      without colour management);
+    - LA, PA, RGBA: alpha is dropped, the colour kept as stored (not blended);
+    - I;16 and its variants (I;16B, I;16L, I;16N): v -> round(v * 255 / 65535),
+      so 65535 -> 255, 32768 -> 128, 257 -> 1;
+    - I (32-bit integers): values within 0..65535 are taken as 16-bit and
+      scaled as above; any value outside is refused;
+    - F (32-bit float) is refused: a float image has no fixed range
+      ([0, 1], [0, 255] and HDR are all common), so no scale is safe;
+    - anything else (LAB, HSV, ...) is refused.
+
+    Grey results are replicated to 3 channels. The Exif orientation is not
+    applied. Before decoding, width x height is checked against
+    `max_image_pixels()` (a decompression-bomb guard).
+    """
+    with open_image(path, "image") as img:
+        return image_rgb(img, path)
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """Read a label mask (palette or grey PNG) as (H, W) uint8 class indices."""
-    path = Path(path)
-    if not path.is_file():
-        raise PsaError(f"{path}: mask not found; check the dataset root and the image list")
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("P", "L"):
-                raise PsaError(
-                    f"{path}: mask has mode {img.mode}; expected a palette (P) or grey (L) PNG "
-                    "of class indices"
-                )
-            return np.asarray(img, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise PsaError(f"{path}: cannot decode mask ({exc}); replace it") from None
+    """Read a label mask as (H, W) uint8 class indices; PsaError (one line) if it cannot be.
+
+    Accepted: P (palette) and L (grey) PNGs, the usual forms; 1 (as 0 / 1);
+    I;16 (and variants) and I when every value is in 0..255, taken as they
+    are (class indices are never scaled). Refused with the fix: any colour
+    or alpha mode (RGB, RGBA, LA, PA, CMYK, ...), F, and 16- or 32-bit
+    values outside 0..255. The pixel limit applies as in `read_image`.
+    """
+    with open_image(path, "mask") as img:
+        return mask_indices(img, path)
 
 
 def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:

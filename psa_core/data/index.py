@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from psa_core import io
 from psa_core.constants import VOC_CLASSES
@@ -67,33 +66,25 @@ def read_classes(root: str | os.PathLike, classes: Sequence[str] | None = None) 
 
 
 def verified_image_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image after checking that it decodes to the end.
+    """(width, height) of an image after checking that `io.read_image` accepts it.
 
-    JPEGs decode in draft mode (DCT scaling to 1/8), which still reads the
-    whole entropy-coded stream, so a truncated or garbage file fails here at
-    a fraction of a full decode's cost.
+    The same rules as `io.read_image` (pixel limit, modes, a decode to the
+    end), through the same functions. JPEGs decode in draft mode (DCT
+    scaling to 1/8), which still reads the whole entropy-coded stream, so a
+    truncated or garbage file fails here at a fraction of a full decode's cost.
     """
-    if not path.is_file():
-        raise PsaError(f"{path}: image not found; check the dataset root and the image list")
-    try:
-        with Image.open(path) as img:
-            size = img.size
-            if img.format == "JPEG":
-                img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
-            img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise PsaError(
-            f"{path}: cannot decode image ({exc}); replace it or remove it from the image list"
-        ) from None
+    with io.open_image(path, "image") as img:
+        size = img.size
+        if img.format == "JPEG":
+            img.draft("RGB", (max(1, size[0] // 8), max(1, size[1] // 8)))
+        io.image_rgb(img, path)
     return size
 
 
 def _mask_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as img:
-            return img.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise PsaError(f"{path}: cannot decode mask ({exc}); replace it") from None
+    """(width, height) of a mask after checking that `io.read_mask` accepts it."""
+    height, width = io.read_mask(path).shape
+    return width, height
 
 
 def index_split(

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from psa_core import io
 from psa_core.data import (
@@ -92,6 +93,48 @@ def test_index_split_mask_garbage(voc_tree):
     root = voc_tree()
     (root / "SegmentationClass/2007_000001.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(PsaError, match=r"2007_000001\.png: cannot decode mask"):
+        index_split(root, "train", TREE_CLASSES)
+
+
+@pytest.mark.parametrize(
+    "array",
+    [np.zeros((32, 40), np.float32), np.full((32, 40), 70_000, np.int32)],
+    ids=["F", "I beyond 16 bit"],
+)
+def test_index_split_refuses_what_read_image_refuses_with_its_line(voc_tree, array):
+    root = voc_tree()
+    path = root / "JPEGImages/2007_000002.jpg"  # PIL opens it by its content (TIFF)
+    Image.fromarray(array).save(path, format="TIFF")
+    with pytest.raises(PsaError) as read:
+        io.read_image(path)
+    with pytest.raises(PsaError) as indexed:
+        index_split(root, "train", TREE_CLASSES)
+    assert str(indexed.value) == str(read.value)
+    assert "convert the image to 8 or 16 bit" in str(read.value)
+
+
+def test_index_split_pixel_limit_on_images_and_masks(voc_tree, monkeypatch):
+    root = voc_tree()
+    monkeypatch.setenv("PSA_MAX_IMAGE_PIXELS", str(40 * 32 - 1))
+    with pytest.raises(
+        PsaError, match=r"2007_000001\.jpg: 40 x 32 = 1280 pixels is over the limit of 1279"
+    ):
+        index_split(root, "train", TREE_CLASSES)
+    monkeypatch.setenv("PSA_MAX_IMAGE_PIXELS", str(40 * 32))
+    assert list(index_split(root, "train", TREE_CLASSES))
+    io.write_image(root / "JPEGImages/2007_000001.jpg", np.zeros((30, 40, 3), np.uint8))
+    io.write_mask(root / "SegmentationClass/2007_000001.png", np.zeros((33, 40), np.uint8))
+    with pytest.raises(PsaError, match=r"2007_000001\.png: 40 x 33 = 1320 pixels is over"):
+        index_split(root, "train", TREE_CLASSES)
+
+
+def test_index_split_refuses_a_colour_mask(voc_tree):
+    root = voc_tree()
+    Image.new("RGB", (40, 32)).save(root / "SegmentationClass/2007_000001.png")
+    with pytest.raises(
+        PsaError,
+        match=r"2007_000001\.png: mask has mode RGB; save the mask as a palette or 8-bit grey PNG",
+    ):
         index_split(root, "train", TREE_CLASSES)
 
 
