@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from psa_core.errors import PsaError
+from psa_core.io import MAX_IMAGE_PIXELS
 
 # -- declaring a setting ---------------------------------------------------------
 
@@ -88,6 +89,13 @@ class RunSettings:
         enum=["none", "bfloat16", "float16"],
     )
     seed: int = setting(0, "Seed of training (data order, augmentation, dropout).", minimum=0)
+    max_image_pixels: int = setting(
+        MAX_IMAGE_PIXELS,
+        "Largest width x height of an image or mask that is read (a guard against "
+        "decompression bombs); raise it for genuine larger images.",
+        cli=False,
+        minimum=1,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

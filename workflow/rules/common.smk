@@ -1,11 +1,13 @@
 # Helpers shared by every stage: config validation, paths, shard lists, job settings.
 import functools
+import os
 import sys
 from pathlib import Path
 
 from psa_core import settings as psa_settings
 from psa_core.data import image_list_path, num_shards, read_image_list, shard_slice
 from psa_core.errors import PsaError
+from psa_core.io import MAX_IMAGE_PIXELS_ENV
 
 
 def check_config(config):
@@ -33,6 +35,11 @@ def check_config(config):
 
 
 check_config(config)
+
+# The pixel limit of psa_core.io travels to the jobs in their environment, not
+# as a param: it is a guard, not a setting of any result, so raising it for a
+# genuine large image must not rerun a single job.
+os.environ[MAX_IMAGE_PIXELS_ENV] = str(config["max_image_pixels"])
 
 OUT = Path(config["output_dir"])
 DATASET = config["dataset"]
