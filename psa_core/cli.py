@@ -10,13 +10,17 @@ Precedence: published defaults < `--settings` < options.
 
 It never reads config.yaml by itself: the Snakemake rules pass each job's
 sections as one JSON value. User errors (`PsaError`) print one line and exit
-2; an interrupted training exits 128 + signal.
+2, a failed read or write (`OSError`: a full disk, a read-only folder) one line
+and exit 1; an interrupted training exits 128 + signal. A job holds an OS lock
+on each of its outputs while it runs (`psa_core.io.output_lock`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import inspect
 import logging
 import os
@@ -25,6 +29,7 @@ import signal
 import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from psa_core import __version__, settings
@@ -32,6 +37,7 @@ from psa_core.errors import PsaError, TrainingInterrupted
 from psa_core.stages import affinity, cam, config, data, random_walk, report, segmentation
 
 EXIT_USER_ERROR = 2
+EXIT_SYSTEM_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 
@@ -274,6 +280,41 @@ def driver_arguments(driver: Callable[..., None], options: Mapping[str, Any]) ->
 # -- running a command ----------------------------------------------------------------
 
 
+def output_paths(arguments: Mapping[str, Any]) -> list[Path]:
+    """What a job writes: every `out` / `out_*` path, also inside a group of files, and a
+    training's `checkpoint`."""
+    items = list(arguments.items())
+    for value in arguments.values():
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            items += [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+    return [
+        Path(value)
+        for name, value in items
+        if isinstance(value, Path) and (name in ("out", "checkpoint") or name.startswith("out_"))
+    ]
+
+
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "free disk space (or choose another output folder) and rerun; finished "
+    "artifacts are untouched",
+    errno.EDQUOT: "free space in your quota (or choose another output folder) and rerun",
+    errno.EACCES: "choose a folder you may write to, or fix its permissions",
+    errno.EPERM: "choose a folder you may write to, or fix its permissions",
+    errno.EROFS: "the file system is read-only; choose another output folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; fix the path",
+    errno.EISDIR: "the path is a folder; give a file path",
+    errno.ENOENT: "check the path",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a failed read or write: the file, what the system said, the fix."""
+    what = exc.strerror or str(exc)
+    where = f"{exc.filename}: " if exc.filename else ""
+    fix = _OS_ERROR_FIXES.get(exc.errno, "check the path, its permissions and the free space")
+    return f"{where}{what}; {fix}"
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         import torch
@@ -311,10 +352,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         keywords = driver_arguments(driver, options)
         _set_threads(options.get("threads"))
-        driver(**keywords)
+        with contextlib.ExitStack() as held:
+            # One job per output at a time, whatever happened to Snakemake's locks; with
+            # the lock held, what a killed run of this job left behind can go.
+            from psa_core import io
+
+            for path in output_paths(keywords):
+                held.enter_context(io.output_lock(path))
+                io.remove_stale_temporaries(path)
+            driver(**keywords)
     except PsaError as exc:
         print(f"psa {name}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:  # a full disk, a read-only folder: the system's, not ours
+        print(f"psa {name}: error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_SYSTEM_ERROR
     except TrainingInterrupted as exc:
         print(f"psa {name}: {exc}", file=sys.stderr)
         return exc.exit_code

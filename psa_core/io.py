@@ -80,6 +80,66 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     shutil.rmtree(old, ignore_errors=True)
 
 
+_TEMPORARY = r"\.{name}\.(?:[A-Za-z0-9_]{{8}}|old)\.tmp"
+"""The names `atomic_path` and `atomic_dir` give their temporaries beside an output `name`
+(tempfile's 8 random characters, or the finished folder moved aside)."""
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what a killed writer of `path` left beside it (`atomic_path`/`atomic_dir`
+    temporaries); returns what was removed. Call it only while holding `output_lock(path)`:
+    then no other job is writing `path`."""
+    import re
+    import shutil
+
+    target = Path(path)
+    pattern = re.compile(_TEMPORARY.format(name=re.escape(target.name)))
+    if not target.parent.is_dir():
+        return []
+    stale = sorted(p for p in target.parent.iterdir() if pattern.fullmatch(p.name))
+    for leftover in stale:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return stale
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive OS lock on output `path` for the block: a second job that would
+    write the same output stops at once with one line, whatever happened to Snakemake's
+    own locks. The lock is the hidden file `.NAME.lock` beside `path`, removed on exit; a
+    killed holder's lock dies with its process (flock), so nothing stale ever blocks."""
+    import fcntl
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = target.with_name(f".{target.name}.lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise PsaError(
+                f"{target}: another psa job is writing it now (lock {lock}); run one "
+                "workflow per output folder at a time (or wait for that job to finish)"
+            ) from None
+        try:  # the holder before us may have removed the file after we opened it
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()  # while still held: a job that opened it before fails its check
+        os.close(fd)
+
+
 def provenance(**values: Any) -> dict[str, Any]:
     """Attributes stored with an artifact: the code version plus `values`."""
     return {"psa_core_version": __version__, **values}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +16,7 @@ import torch
 
 from psa_core import io
 from psa_core.data import write_labels
-from tests.cli_helpers import psa
+from tests.cli_helpers import psa, psa_in_process
 from tests.train_helpers import NUM_CLASSES, write_dataset
 
 CLASSES = [f"class{i}" for i in range(NUM_CLASSES)]
@@ -170,3 +172,88 @@ def test_train_cam_killed_by_sigterm_resumes_to_the_same_weights(tmp_path: Path)
     assert steps == sorted(set(steps)) and steps[-1] == epochs * 4  # no gap rows, no repeats
     reference_rows = (tmp_path / "reference" / "log.csv").read_text().splitlines()[1:]
     assert steps == [int(row.split(",")[0]) for row in reference_rows if ",train," in row]
+
+
+# -- outputs: one job at a time, a killed run's leftovers, the system's errors ------------
+
+
+def _index_args(root: Path, out: Path) -> list[str]:
+    return [
+        "index", "--root", str(root), "--split", "train",
+        "--out-images", str(out / "images.txt"), "--out-labels", str(out / "labels.json"),
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def synth_root(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    proc = psa_in_process("synth", "--out", str(root), "--num-train", "4", "--num-val", "1")
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def test_a_second_job_writing_the_same_output_stops_in_one_line(
+    synth_root: Path, tmp_path: Path
+) -> None:
+    """While one job holds an output (here: this test, through the same lock), another
+    `psa` process that would write it exits 2 at once and leaves it alone."""
+    out = tmp_path / "index"
+    assert psa_in_process(*_index_args(synth_root, out)).returncode == 0
+    before = (out / "images.txt").read_bytes()
+    with io.output_lock(out / "labels.json"):
+        proc = psa(*_index_args(synth_root, out))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "another psa job is writing it now" in proc.stderr
+    assert str(out / "labels.json") in proc.stderr
+    assert (out / "images.txt").read_bytes() == before
+    assert psa(*_index_args(synth_root, out)).returncode == 0  # released: runs again
+    assert sorted(p.name for p in out.iterdir()) == ["images.txt", "labels.json"]
+
+
+def test_the_next_run_removes_what_a_killed_run_left(synth_root: Path, tmp_path: Path) -> None:
+    """Temporaries of a killed writer (`kill -9` runs no cleanup) beside the job's outputs
+    go when the job runs again; another output's temporaries stay."""
+    out = tmp_path / "index"
+    out.mkdir()
+    (out / ".images.txt.k1ll3d_9.tmp").write_text("half a list")
+    (out / ".labels.json.old.tmp").mkdir()
+    (out / ".images.txt.extra.a1b2c3d4.tmp").write_text("another output's")
+    assert psa_in_process(*_index_args(synth_root, out)).returncode == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [".images.txt.extra.a1b2c3d4.tmp", "images.txt", "labels.json"]
+
+
+def test_an_output_that_cannot_be_written_is_one_line(synth_root: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = psa_in_process(*_index_args(synth_root, blocker / "index"))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert str(blocker) in proc.stderr and "Not a directory" in proc.stderr
+    assert "fix the path" in proc.stderr
+    if os.geteuid() != 0:  # root writes into a read-only folder anyway
+        locked = tmp_path / "read_only"
+        locked.mkdir(mode=0o555)
+        proc = psa_in_process(*_index_args(synth_root, locked))
+        assert proc.returncode == 1 and "Permission denied" in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1
+
+
+def test_a_full_disk_is_one_line_and_keeps_finished_outputs(
+    synth_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while a job writes (injected into every text write): one line naming the file
+    and the fix, exit 1, the earlier outputs byte for byte, no temporary left."""
+    out = tmp_path / "index"
+    assert psa_in_process(*_index_args(synth_root, out)).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def full(self: Path, *args, **kwargs) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    proc = psa_in_process(*_index_args(synth_root, out))
+    monkeypatch.undo()
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "No space left on device" in proc.stderr and "free disk space" in proc.stderr
+    assert str(out) in proc.stderr
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -211,8 +211,10 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _start_and_kill_crf(data: AffinityData, out: Path, maps: Path, workers: int = 1) -> None:
-    """Start a long `psa crf-labels`, SIGTERM it once the CRF runs, wait for it to die;
+def _start_and_kill_crf(
+    data: AffinityData, out: Path, maps: Path, workers: int = 1, sig: int = signal.SIGTERM
+) -> None:
+    """Start a long `psa crf-labels`, send `sig` once the CRF runs, wait for it to die;
     its worker processes must die with it."""
     command = psa_command(*crf_args(data, data.cams, out, maps, "--workers", str(workers)))
     command += ["--iterations", "400"]  # ~1.5 s an image here, ~8 s the shard
@@ -235,8 +237,9 @@ def _start_and_kill_crf(data: AffinityData, out: Path, maps: Path, workers: int 
         assert victim.poll() is None, "crf-labels ended before the signal: " + "".join(lines)
         workers_seen = _children(victim.pid)
         assert len(workers_seen) >= (workers if workers > 1 else 0), workers_seen
-        victim.send_signal(signal.SIGTERM)
-        assert victim.wait(timeout=60) == 128 + signal.SIGTERM, "".join(lines)
+        victim.send_signal(sig)
+        expected = 128 + sig if sig == signal.SIGTERM else -sig  # SIGKILL: no handler runs
+        assert victim.wait(timeout=60) == expected, "".join(lines)
         deadline = time.monotonic() + 10
         while any(_alive(p) for p in workers_seen) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -277,6 +280,20 @@ def test_killed_crf_labels_keeps_an_earlier_finished_output(
     _start_and_kill_crf(data, out, maps)
     assert snapshot(out, maps) == before
     _leftovers_are_hidden_temps(tmp_path, out, maps)
+
+
+def test_rerun_after_kill_9_removes_the_killed_jobs_temporaries(
+    data: AffinityData, tmp_path: Path
+) -> None:
+    """`kill -9` runs no cleanup: the half-written label maps stay as a hidden temporary.
+    The next run of the same job (holding its output lock) removes them."""
+    out, maps = tmp_path / "crf.h5", tmp_path / "maps"
+    _start_and_kill_crf(data, out, maps, sig=signal.SIGKILL)
+    stale = sorted(p.name for p in tmp_path.iterdir())
+    assert stale and all(name.startswith((".crf.h5.", ".maps.")) for name in stale), stale
+    proc = run_psa(*crf_args(data, data.cams, out, maps, "--workers", "1"))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crf.h5", "maps"]
 
 
 # -- evaluate-crf-labels -----------------------------------------------------------------
