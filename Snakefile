@@ -1,10 +1,18 @@
 # PSA / AffinityNet (Ahn & Kwak, CVPR 2018) as a Snakemake workflow.
 # Stages live in workflow/rules/<stage>.smk; each rule calls `psa <stage> ...`.
 import shlex
+import sys
+from pathlib import Path
 
 from snakemake.utils import min_version
 
+from psa_core.settings import config_file_error
+
 min_version("9.0")
+
+# Snakemake's own message for an empty or broken config file names no file.
+if Path("config.yaml").is_file() and (problem := config_file_error("config.yaml")):
+    sys.exit(f"config: {problem}")
 
 
 configfile: "config.yaml"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -75,8 +76,11 @@ class RunSettings:
 
     output_dir: str = setting(
         "results",
-        "Folder for every artifact (dataset index, CAMs, weights, metrics, logs).",
+        "Folder for every artifact (dataset index, CAMs, weights, metrics, logs); a folder "
+        "of its own, not the working folder or the checkout's source folders.",
         cli=False,
+        minLength=1,
+        pattern=r"\S",
     )
     device: str = setting(
         "auto",
@@ -637,6 +641,81 @@ def section_schema(path: str) -> dict[str, Any]:
     for key in filter(None, path.split(".")):
         node = node["properties"][key]
     return node
+
+
+def typed_strings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` with strings read as YAML where the schema wants no string there.
+
+    Snakemake reads every value nested in `--config 'cam={epochs: 3}'` as a
+    string ('3'); read so, a nested override could never pass the schema.
+    A string that does not read as a value of the wanted type stays as it
+    was, for `config_errors` to name.
+    """
+    import yaml
+
+    def typed(node: dict[str, Any], value: Any) -> Any:
+        if isinstance(value, Mapping):
+            properties = node.get("properties", {})
+            return {k: typed(properties.get(k, {}), v) for k, v in value.items()}
+        if isinstance(value, list) and isinstance(node.get("items"), dict):
+            return [typed(node["items"], v) for v in value]
+        wanted = node.get("type")
+        wanted = [wanted] if isinstance(wanted, str) else wanted or []
+        if isinstance(value, str) and wanted and "string" not in wanted:
+            try:
+                return yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+        return value
+
+    return typed(config_schema(), config)
+
+
+def output_dir_error(output_dir: str, workdir: Path, checkout: Path) -> str | None:
+    """Why `output_dir` (relative to `workdir`) is no place for artifacts, or None.
+
+    Refused: the working folder itself or a folder above it (artifacts would
+    mix with the user's files, and a clean-up would take those too), the
+    checkout or a folder above it, and the checkout's own folders.
+    """
+    target = (workdir / output_dir).resolve()
+    workdir, checkout = workdir.resolve(), checkout.resolve()
+    if target == workdir or target in workdir.parents:
+        return (
+            f"'{output_dir}' is the working folder {workdir} (or above it): artifacts would "
+            "mix with your files; give a folder of its own, e.g. results"
+        )
+    if target == checkout or target in checkout.parents:
+        return f"'{output_dir}' holds the pipeline's checkout {checkout}; give another folder"
+    for own in ("psa_core", "workflow", "tests", "docs", "benchmarks", "envs", ".git"):
+        if target.is_relative_to(checkout / own):
+            return f"'{output_dir}' is inside the pipeline's own folder {checkout / own}"
+    if target.is_relative_to(workdir / ".snakemake"):
+        return f"'{output_dir}' is inside Snakemake's own folder .snakemake"
+    return None
+
+
+def config_file_error(path: str | os.PathLike) -> str | None:
+    """Why a config file is unusable, naming it (and the line and column of a YAML error),
+    or None. Snakemake's own messages for these name no file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"{path}: cannot read it ({exc}); save it as UTF-8 text"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return f"{path}{where}: not valid YAML ({problem}); fix that line"
+    if not isinstance(data, dict):
+        found = "empty" if data is None else f"a {type(data).__name__}, not keys"
+        return f"{path}: is {found}; a config file maps keys to values (see psa config-schema)"
+    return None
 
 
 def config_errors(config: Mapping[str, Any]) -> list[str]:

@@ -218,3 +218,46 @@ def test_the_flip_key_reaches_the_schema_the_options_and_the_augmentation() -> N
     assert cam.flip is True
     off = settings.AffinitySettings(flip=False)
     assert training_transform(AffinityTrainTransform, IMAGENET_NORMALIZATION, off).flip is False
+
+
+# -- checks of a whole config: strings from --config, output_dir, the file itself ---------
+
+
+def test_typed_strings_reads_nested_command_line_values() -> None:
+    given = {"cam": {"epochs": "3", "resize_long": ["160", "96"], "lr": "x"}, "device": "cpu"}
+    typed = settings.typed_strings({**given, "dataset": {"classes": ["1", "cat"]}})
+    assert typed["cam"] == {"epochs": 3, "resize_long": [160, 96], "lr": "x"}  # "x": for the schema
+    assert typed["device"] == "cpu" and typed["dataset"]["classes"] == ["1", "cat"]
+
+
+def test_output_dir_error(tmp_path: Path) -> None:
+    work, checkout = tmp_path / "work", tmp_path / "checkout"
+    work.mkdir()
+    refused = {
+        ".": "is the working folder",
+        "..": "is the working folder",
+        str(checkout): "holds the pipeline's checkout",
+        str(checkout / "psa_core" / "out"): "inside the pipeline's own folder",
+        ".snakemake/results": "inside Snakemake's own folder",
+    }
+    for output_dir, message in refused.items():
+        error = settings.output_dir_error(output_dir, work, checkout)
+        assert error and message in error and f"'{output_dir}'" in error, output_dir
+    for fine in ("results", "runs/a b", str(checkout / "results"), str(tmp_path / "elsewhere")):
+        assert settings.output_dir_error(fine, work, checkout) is None, fine
+
+
+def test_config_file_error_names_the_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    cases = {
+        "": "config.yaml: is empty",
+        "- a\n- b\n": "config.yaml: is a list, not keys",
+        "cam:\n  lr: 0.1\n\tepochs: 3\n": "config.yaml, line 3, column 1: not valid YAML",
+        "\ufeffcam: {lr: 0.1}\n": None,
+    }
+    for text, message in cases.items():
+        path.write_text(text, encoding="utf-8")
+        error = settings.config_file_error(path)
+        assert (error is None) if message is None else (message in error), (text, error)
+    path.write_bytes(b"cam: {lr: 0.1} # caf\xe9\n")
+    assert "save it as UTF-8" in settings.config_file_error(path)

@@ -292,6 +292,55 @@ def test_bad_config_value_gives_one_line(tmp_path: Path, override: dict, key: st
     assert "Traceback" not in proc.stderr
 
 
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("segmentation.resize_long", [160, 96], "resize_long is [min, max]"),
+        ("output_dir", "", "key 'output_dir': '' should be non-empty"),
+        ("output_dir", ".", "key 'output_dir': '.' is the working folder"),
+    ],
+)
+def test_config_refused_at_plan_time(tmp_path: Path, key: str, value, message: str) -> None:
+    """Values that a job would only trip over hours later (or that would scatter the
+    artifacts among the user's files) stop the plan, in one line."""
+    config = copy.deepcopy(TINY_CONFIG)
+    *parents, name = key.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    node[name] = value
+    write_config(tmp_path, config)
+    line = _one_line(run_snakemake(tmp_path, "-n", check=False))
+    assert message in line and "config" in line
+    assert not (tmp_path / "results").exists() and not (tmp_path / "index").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("", "config.yaml: is empty"), ("cam: {lr: [\n", "config.yaml, line 2, column 1: not valid")],
+)
+def test_broken_config_file_is_named(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "config.yaml").write_text(text)
+    assert message in _one_line(run_snakemake(tmp_path, "-n", check=False))
+
+
+def test_nested_config_override_on_the_command_line(tmp_path: Path) -> None:
+    """Snakemake reads `--config 'cam={epochs: 3}'` as the string '3': it is read as the
+    number the schema wants; a value that is none is named."""
+    write_config(tmp_path, TINY_CONFIG)
+    proc = run_snakemake(tmp_path, "-n", "-p", "--config", "cam={epochs: 3, lr: 0.05}")
+    assert '"epochs": 3' in proc.stdout and '"lr": 0.05' in proc.stdout, proc.stdout
+    proc = run_snakemake(tmp_path, "-n", "--config", "cam={epochs: three}", check=False)
+    assert "key 'cam.epochs'" in _one_line(proc)
+
+
 def test_unknown_split_gives_one_line(tmp_path: Path) -> None:
     config = copy.deepcopy(TINY_CONFIG)
     config["dataset"]["eval_splits"] = ["test"]

@@ -15,6 +15,9 @@ def check_config(config):
 
     The schema and the defaults come from the dataclasses of psa_core/settings.py.
     """
+    typed = psa_settings.typed_strings(config)  # --config 'cam={epochs: 3}' gives '3'
+    config.clear()
+    config.update(typed)
     errors = psa_settings.config_errors(config)
     if errors:
         sys.exit(
@@ -27,6 +30,9 @@ def check_config(config):
         sys.exit(f"config: {str(exc).removeprefix('settings: ')}; fix it in config.yaml")
     config.clear()
     config.update(complete)
+    checkout = Path(workflow.basedir)
+    if where := psa_settings.output_dir_error(config["output_dir"], Path.cwd(), checkout):
+        sys.exit(f"config: key 'output_dir': {where}; fix it in config.yaml or --config")
     if config["dataset"]["val_split"] == config["dataset"]["train_split"]:
         sys.exit(
             "config: key 'dataset.val_split': equals dataset.train_split; validate on held-out "
