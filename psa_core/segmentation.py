@@ -244,10 +244,68 @@ def read_model_description(folder: str | os.PathLike) -> dict[str, Any]:
             f"{__version__} reads '{MODEL_FORMAT}'; use the psa_core version that wrote it or "
             "retrain the model"
         )
-    for key in ("backbone", "head", "classes", "input", "inference", "weights"):
-        if key not in description:
-            raise PsaError(f"{path}: key '{key}' missing; the file is damaged, retrain the model")
+    problem = description_problem(description)
+    if problem:
+        raise PsaError(
+            f"{path}: {problem}; the file is damaged: copy the model folder again, or rerun "
+            "package_seg_model"
+        )
     return description
+
+
+_NUMBERS3 = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
+MODEL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["backbone", "head", "classes", "input", "inference", "weights"],
+    "properties": {
+        "backbone": {"type": "string"},
+        "head": {
+            "type": "object",
+            "required": ["dilation"],
+            "properties": {"dilation": {"type": "integer", "minimum": 1}},
+        },
+        "classes": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+        "input": {
+            "type": "object",
+            "required": ["mean", "std", "bgr"],
+            "properties": {
+                "mean": _NUMBERS3,
+                "std": _NUMBERS3,
+                "bgr": {"type": "boolean"},
+                "max_side": {"type": ["integer", "null"], "minimum": 1},
+            },
+        },
+        "inference": {
+            "type": "object",
+            "required": ["scales", "flip", "crf"],
+            "properties": {
+                "scales": {"type": "array", "items": {"type": "number"}, "minItems": 1},
+                "flip": {"type": "boolean"},
+                "crf": {"type": "boolean"},
+            },
+        },
+        "weights": {
+            "type": "object",
+            "required": ["file", "sha256"],
+            "properties": {"file": {"type": "string"}, "sha256": {"type": "string"}},
+        },
+    },
+}
+"""What `read_model_description` requires of model.json: every key a reader uses, typed."""
+
+
+def description_problem(description: Mapping[str, Any]) -> str | None:
+    """The first key of a model description that is missing or of the wrong type, in
+    words, or None."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(MODEL_SCHEMA).iter_errors(description)
+    )
+    if error is None:
+        return None
+    key = ".".join(str(p) for p in error.absolute_path)
+    return f"key '{key}': {error.message}" if key else error.message
 
 
 def load_model_folder(

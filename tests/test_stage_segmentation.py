@@ -161,6 +161,25 @@ def test_predict_bad_input_is_one_line(trained, tmp_path: Path) -> None:
                "--out", str(tmp_path / "o"))  # fmt: skip
     assert proc.returncode == 2 and "model folder not found" in proc.stderr
 
+    # a damaged model.json: each missing or mistyped key named in one line
+    damages = {
+        "key 'head': 'dilation' is a required property": lambda d: d["head"].pop("dilation"),
+        "key 'head.dilation': '2' is not of type 'integer'": lambda d: d["head"].update(
+            dilation="2"
+        ),
+        "'weights' is a required property": lambda d: d.pop("weights"),
+        "key 'input.mean': [0.5] is too short": lambda d: d["input"].update(mean=[0.5]),
+        "key 'classes': 'cat' is not of type 'array'": lambda d: d.update(classes="cat"),
+    }
+    for message, damage in damages.items():
+        damaged = json.loads((trained["model"] / MODEL_FILE).read_text())
+        damage(damaged)
+        (old / MODEL_FILE).write_text(json.dumps(damaged))
+        proc = psa("predict", "--model", str(old), "--images", str(image),
+                   "--out", str(tmp_path / "o"))  # fmt: skip
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert message in proc.stderr and str(old / MODEL_FILE) in proc.stderr
+
 
 @pytest.mark.parametrize(("suffix", "overlay"), [(".jpg", True), (".png", False)])
 def test_predict_never_writes_over_its_input_images(
