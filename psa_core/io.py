@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,7 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
     import fcntl
 
     target = Path(path)
+    made = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = target.with_name(f".{target.name}.lock")
     while True:
@@ -138,6 +139,9 @@ def output_lock(path: str | os.PathLike) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()  # while still held: a job that opened it before fails its check
         os.close(fd)
+        for folder in made:  # a job that wrote nothing leaves no trace
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def provenance(**values: Any) -> dict[str, Any]:
@@ -427,15 +431,18 @@ def load_torch(path: str | os.PathLike, what: str = "weights") -> dict[str, Any]
 
 def write_score_shard(
     path: str | os.PathLike,
-    scores: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    scores: Mapping[str, tuple[np.ndarray, np.ndarray]]
+    | Iterable[tuple[str, tuple[np.ndarray, np.ndarray]]],
     attrs: Mapping[str, Any],
     dtype: str = "float16",
 ) -> None:
     """Write one HDF5 shard: a dataset per image holding (C, H, W) scores.
 
     Args:
-        scores: image name -> (maps (C, H, W) float, class_ids (C,) int); the
-            ids are stored as the dataset's `class_ids` attribute. Maps of
+        scores: image name -> (maps (C, H, W) float, class_ids (C,) int), or
+            an iterable of (name, (maps, class_ids)) pairs, written as they
+            come (a stage that makes them one at a time never holds them all);
+            the ids are stored as the dataset's `class_ids` attribute. Maps of
             more axes are stored as they are, chunked per leading entry
             (the CRF stage stores (2, C + 1, H, W): low- and high-alpha stacks).
         attrs: file attributes (config values); the code version is added.
@@ -446,7 +453,7 @@ def write_score_shard(
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for key, value in provenance(**attrs).items():
             f.attrs[key] = _h5_attr(value)
-        for name, (maps, class_ids) in scores.items():
+        for name, (maps, class_ids) in scores.items() if isinstance(scores, Mapping) else scores:
             maps = np.asarray(maps, dtype=dtype)
             chunks = (1, *maps.shape[1:]) if maps.ndim >= 3 and maps.shape[0] > 0 else None
             ds = f.create_dataset(
