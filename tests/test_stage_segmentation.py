@@ -119,6 +119,13 @@ def test_predict_agrees_with_infer_seg(trained, tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         io.read_mask(single / f"{names[5]}.png"), io.read_mask(out / f"{names[5]}.png")
     )
+    listed = tmp_path / "list"
+    (folder / "list.txt").write_text(f"\ufeff{one.name}\n", encoding="utf-8")  # a BOM
+    assert psa("predict", "--model", str(trained["model"]), "--images",
+               str(folder / "list.txt"), "--out", str(listed), "--device", "cpu").returncode == 0  # fmt: skip
+    np.testing.assert_array_equal(
+        io.read_mask(listed / f"{names[5]}.png"), io.read_mask(out / f"{names[5]}.png")
+    )
 
 
 def test_package_refuses_weights_of_another_head(trained, tmp_path: Path) -> None:

@@ -188,7 +188,7 @@ def list_images(source: Path) -> list[Path]:
         raise PsaError(f"{source}: not found; pass a folder of images, a list file or one image")
     if source.suffix.lower() in IMAGE_SUFFIXES:
         return [source]
-    lines = [line.strip() for line in source.read_text().splitlines()]
+    lines = [line.strip() for line in io.read_text(source).splitlines()]  # BOM, UTF-8
     paths = [source.parent / line for line in lines if line and not line.startswith("#")]
     if not paths:
         raise PsaError(f"{source}: the image list is empty; put one image path a line")
