@@ -12,13 +12,12 @@ It never reads config.yaml by itself: the Snakemake rules pass each job's
 sections as one JSON value. User errors (`PsaError`) print one line and exit
 2, a failed read or write (`OSError`: a full disk, a read-only folder) one line
 and exit 1; an interrupted training exits 128 + signal. A job holds an OS lock
-on each of its outputs while it runs (`psa_core.io.output_lock`).
+on each of its outputs while it runs (`psa_core.stages.common.outputs_held`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import errno
 import inspect
@@ -29,12 +28,11 @@ import signal
 import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from psa_core import __version__, settings
 from psa_core.errors import PsaError, TrainingInterrupted
-from psa_core.stages import affinity, cam, config, data, random_walk, report, segmentation
+from psa_core.stages import affinity, cam, common, config, data, random_walk, report, segmentation
 
 EXIT_USER_ERROR = 2
 EXIT_SYSTEM_ERROR = 1
@@ -280,20 +278,6 @@ def driver_arguments(driver: Callable[..., None], options: Mapping[str, Any]) ->
 # -- running a command ----------------------------------------------------------------
 
 
-def output_paths(arguments: Mapping[str, Any]) -> list[Path]:
-    """What a job writes: every `out` / `out_*` path, also inside a group of files, and a
-    training's `checkpoint`."""
-    items = list(arguments.items())
-    for value in arguments.values():
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            items += [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
-    return [
-        Path(value)
-        for name, value in items
-        if isinstance(value, Path) and (name in ("out", "checkpoint") or name.startswith("out_"))
-    ]
-
-
 _OS_ERROR_FIXES = {
     errno.ENOSPC: "free disk space (or choose another output folder) and rerun; finished "
     "artifacts are untouched",
@@ -352,14 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         keywords = driver_arguments(driver, options)
         _set_threads(options.get("threads"))
-        with contextlib.ExitStack() as held:
-            # One job per output at a time, whatever happened to Snakemake's locks; with
-            # the lock held, what a killed run of this job left behind can go.
-            from psa_core import io
-
-            for path in output_paths(keywords):
-                held.enter_context(io.output_lock(path))
-                io.remove_stale_temporaries(path)
+        with common.outputs_held(keywords):
             driver(**keywords)
     except PsaError as exc:
         print(f"psa {name}: error: {exc}", file=sys.stderr)

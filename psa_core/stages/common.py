@@ -9,7 +9,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,32 @@ class TrainingFiles:
     )
     out_log: Path = file_option("training log to write (.csv)")
     out: Path = file_option("trained weights to write (.pt)")
+
+
+def output_paths(arguments: Mapping[str, Any]) -> list[Path]:
+    """What a driver writes, from its keywords: every `out` / `out_*` path, also inside a
+    group of files, and a training's `checkpoint`."""
+    items = list(arguments.items())
+    for value in arguments.values():
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            items += [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
+    return [
+        Path(value)
+        for name, value in items
+        if isinstance(value, Path) and (name in ("out", "checkpoint") or name.startswith("out_"))
+    ]
+
+
+@contextlib.contextmanager
+def outputs_held(arguments: Mapping[str, Any]) -> Iterator[None]:
+    """Hold the OS lock of every output of a driver call (`io.output_lock`) for the block:
+    one job per output at a time, whatever happened to Snakemake's own locks. With the
+    locks held, what a killed run of the same job left beside its outputs is removed."""
+    with contextlib.ExitStack() as held:
+        for path in output_paths(arguments):
+            held.enter_context(io.output_lock(path))
+            io.remove_stale_temporaries(path)
+        yield
 
 
 @contextlib.contextmanager
