@@ -135,6 +135,66 @@ def resize(
     return out.reshape(h, w, *array.shape[2:])
 
 
+# -- working size (docs/design.md §1.8) -------------------------------------------------
+#
+# An image whose longest side exceeds `dataset.max_side` is processed scaled down
+# to its working size; the CAMs and everything made from them (CRF stacks, walk
+# scores, pseudo masks) are stored at that size. A stage that reads an image
+# with such an artifact brings the image (or its ground truth) to the artifact's
+# size with `to_size_of`, after checking that the artifact is the image's own
+# size or a scaling of it (`is_scaling_of`), so that no stage needs max_side to
+# read what another stage wrote.
+
+
+def working_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(h, w) at which the pipeline processes an (height, width) image.
+
+    The image's own size when its longest side is at most `max_side` (or
+    `max_side` is None: no limit); else the size whose longest side is
+    `max_side`, aspect kept (`long_side_size`, rounded).
+    """
+    if max_side is None or max(height, width) <= max_side:
+        return int(height), int(width)
+    return long_side_size((int(height), int(width)), int(max_side))
+
+
+def is_scaling_of(size_hw: tuple[int, int], image_hw: tuple[int, int]) -> bool:
+    """Whether `size_hw` is the (H, W) `image_hw` itself or its working size for some
+    max_side below the longest side: `working_size(*image_hw, max(size_hw)) == size_hw`."""
+    h, w = int(size_hw[0]), int(size_hw[1])
+    return working_size(int(image_hw[0]), int(image_hw[1]), max(h, w)) == (h, w)
+
+
+def to_working_size(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB image at its working size (`working_size`): the image itself
+    (no copy) when it fits, else scaled down with PIL bilinear, antialiased."""
+    size_hw = working_size(*image.shape[:2], max_side)
+    return image if size_hw == image.shape[:2] else _writable(resize(image, size_hw, "bilinear"))
+
+
+def to_size_of(
+    array: np.ndarray, size_hw: tuple[int, int], interpolation: str = "bilinear"
+) -> np.ndarray | None:
+    """`array` (H, W[, C]) at an artifact's size `size_hw`, or None when that size is
+    neither (H, W) nor a scaling of it (the caller says which files disagree).
+
+    The array itself (no copy) when the sizes match; else resized with PIL,
+    "bilinear" for an image (as `to_working_size` made the artifact's input),
+    "nearest" for a label mask.
+    """
+    size_hw = (int(size_hw[0]), int(size_hw[1]))
+    if tuple(array.shape[:2]) == size_hw:
+        return array
+    if not is_scaling_of(size_hw, array.shape[:2]):
+        return None
+    return _writable(resize(array, size_hw, interpolation))
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """`array`, copied if read-only (PIL's buffers are; torch warns on those)."""
+    return array if array.flags.writeable else array.copy()
+
+
 def random_resize_long(
     arrays: Sequence[np.ndarray],
     lo: int,

@@ -213,3 +213,52 @@ def test_cam_train_transform_without_augmentation_is_normalise_and_crop():
 def test_cam_train_transform_validates():
     with pytest.raises(ValueError, match="resize_long"):
         CamTrainTransform(IMAGENET_NORMALIZATION, resize_long=(40, 20))
+
+
+# -- working size (docs/design.md §1.8) ----------------------------------------------
+
+
+def test_working_size_by_hand() -> None:
+    from psa_core.transforms import working_size
+
+    assert working_size(80, 100, 64) == (51, 64)  # 80 * 64 / 100 = 51.2
+    assert working_size(100, 80, 64) == (64, 51)
+    assert working_size(3000, 4000, 1024) == (768, 1024)
+    assert working_size(4000, 3000, 1024) == (1024, 768)
+    assert working_size(100, 100, 64) == (64, 64)
+    assert working_size(76, 100, 64) == (49, 64)  # 48.64 rounds up
+    assert working_size(64, 40, 64) == (64, 40)  # at max_side: untouched
+    assert working_size(500, 375, 1024) == (500, 375)  # a VOC image
+    assert working_size(3000, 4000, None) == (3000, 4000)  # no limit
+
+
+def test_is_scaling_of_accepts_the_image_and_its_working_sizes_only() -> None:
+    from psa_core.transforms import is_scaling_of
+
+    assert is_scaling_of((80, 100), (80, 100))
+    assert is_scaling_of((51, 64), (80, 100))
+    assert is_scaling_of((40, 50), (80, 100))
+    assert not is_scaling_of((52, 64), (80, 100))  # one row off
+    assert not is_scaling_of((51, 65), (80, 100))
+    assert not is_scaling_of((64, 51), (80, 100))  # transposed
+    assert not is_scaling_of((160, 200), (80, 100))  # larger than the image
+
+
+def test_to_size_of_scales_images_and_masks_or_says_none() -> None:
+    from PIL import Image
+
+    from psa_core.transforms import to_size_of, to_working_size
+
+    image = rng(0).integers(0, 256, size=(80, 100, 3)).astype(np.uint8)
+    assert to_size_of(image, (80, 100)) is image  # no copy when it fits
+    assert to_working_size(image, 100) is image
+    small = to_size_of(image, (51, 64))
+    assert small.shape == (51, 64, 3) and small.flags.writeable
+    np.testing.assert_array_equal(small, to_working_size(image, 64))
+    expected = Image.fromarray(image).resize((64, 51), Image.Resampling.BILINEAR)
+    np.testing.assert_array_equal(small, np.asarray(expected))
+    mask = rng(1).choice(np.array([0, 1, 255], dtype=np.uint8), size=(80, 100))
+    scaled = to_size_of(mask, (51, 64), "nearest")
+    assert scaled.dtype == np.uint8 and set(np.unique(scaled)) <= {0, 1, 255}
+    assert to_size_of(image, (51, 65)) is None
+    assert to_size_of(mask, (81, 100), "nearest") is None
