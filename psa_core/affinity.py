@@ -34,7 +34,12 @@ from psa_core.data import image_paths, verified_image_size
 from psa_core.errors import PsaError
 from psa_core.settings import AffinitySettings, CrfSettings
 from psa_core.training import digest, sample_rng, train
-from psa_core.transforms import AffinityTrainTransform, training_transform
+from psa_core.transforms import (
+    AffinityTrainTransform,
+    is_scaling_of,
+    to_size_of,
+    training_transform,
+)
 
 DEFAULT_RADIUS = AffinitySettings.radius
 """Pairs closer than this many feature cells (Euclidean) get an affinity."""
@@ -352,14 +357,23 @@ LOW, HIGH = 0, 1
 """Index of the low- and high-alpha stack in a CRF shard's (2, C + 1, H, W) datasets."""
 
 
-def checked_size(path: Path, name: str, maps: np.ndarray, image: np.ndarray, what: str) -> None:
-    """PsaError unless score maps (..., H, W) from `path` match the image (H, W, 3)."""
-    if maps.shape[-2:] != image.shape[:2]:
+def image_at_size_of(
+    path: Path, name: str, maps_shape: Sequence[int], image: np.ndarray, what: str
+) -> np.ndarray:
+    """The image (H, W, 3) at the size of its score maps of shape (..., h, w) from `path`:
+    itself, or scaled down when the maps were made at its working size (docs/design.md
+    §1.8).
+
+    PsaError naming the shard for any other size.
+    """
+    scaled = to_size_of(image, maps_shape[-2:])
+    if scaled is None:
         raise PsaError(
-            f"{path}: {what} of '{name}' are {maps.shape[-1]}x{maps.shape[-2]} but the image is "
+            f"{path}: {what} of '{name}' are {maps_shape[-1]}x{maps_shape[-2]} but the image is "
             f"{image.shape[1]}x{image.shape[0]}; they come from another dataset: delete the "
             "shard and rerun the stage that makes it"
         )
+    return scaled
 
 
 def crf_stacks_job(job: tuple[np.ndarray, np.ndarray, CrfSettings]) -> np.ndarray:
@@ -386,7 +400,8 @@ class AffinityTrainDataset(Dataset):
     the image and both score stacks together (`AffinityTrainTransform`),
     then 8×8 pooling, the label rules and the pair masks
     (`affinity_training_labels`). Stacks are read from the shards one image
-    at a time, so a VOC-sized split needs no memory for them.
+    at a time, so a VOC-sized split needs no memory for them. Stacks at an
+    image's working size (docs/design.md §1.8) get the image scaled to them.
 
     Items: (image (3, crop, crop) float32, bg_pos, fg_pos, neg: each
     (n_offsets, n_from) float32).
@@ -417,13 +432,13 @@ class AffinityTrainDataset(Dataset):
         for name, path, shard in zip(self.names, self.paths, self.shards, strict=True):
             if shard not in shapes:
                 shapes[shard] = io.read_score_shapes(shard)
-            height, width = shapes[shard][name][-2:]
+            size_hw = shapes[shard][name][-2:]
             image_w, image_h = verified_image_size(path)
-            if (image_w, image_h) != (width, height):
+            if not is_scaling_of(size_hw, (image_h, image_w)):
                 raise PsaError(
-                    f"{shard}: CRF scores of '{name}' are {width}x{height} but the image is "
-                    f"{image_w}x{image_h}; they come from another dataset: delete the shard and "
-                    "rerun crf_labels"
+                    f"{shard}: CRF scores of '{name}' are {size_hw[1]}x{size_hw[0]} but the "
+                    f"image is {image_w}x{image_h}; they come from another dataset: delete the "
+                    "shard and rerun crf_labels"
                 )
 
     def __len__(self) -> int:
@@ -432,9 +447,9 @@ class AffinityTrainDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         epoch, index = key
         name, shard = self.names[index], self.shards[index]
-        image = io.read_image(self.paths[index])
         stack, _ = io.read_score(shard, name)
-        checked_size(shard, name, stack, image, "CRF scores")
+        full = io.read_image(self.paths[index])
+        image = image_at_size_of(shard, name, stack.shape, full, "CRF scores")
         num_scores = stack.shape[1]
         scores = np.moveaxis(stack.reshape(-1, *stack.shape[-2:]), 0, -1)  # (H, W, 2(C + 1))
         x, scores = self.transform(image, scores, sample_rng(self.seed, epoch, index))

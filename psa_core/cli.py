@@ -96,7 +96,7 @@ def parameters(driver: Callable[..., None]) -> list[Parameter]:
         keys = next((m.names for m in marks if isinstance(m, settings.Keys)), None)
         override = next((m for m in marks if isinstance(m, settings.Overrides)), None)
         if override is not None:
-            found.append(Parameter(name, "overrides", hint, override.path))
+            found.append(Parameter(name, "overrides", hint, override.path, keys))
         elif any(isinstance(m, settings.Recorded) for m in marks):
             found.append(Parameter(name, "recorded", hint))
         elif hint in SECTION_PATHS:
@@ -147,6 +147,7 @@ def _option_kwargs(setting: settings.Setting, model_default: bool) -> dict[str, 
     group = settings.group_class(setting.type)
     base = typing.get_args(setting.type)[0] if settings.is_optional(setting.type) else setting.type
     kwargs: dict[str, Any] = {"default": argparse.SUPPRESS}
+    nullable = ""
     if group is not None:
         names = [f.name for f in dataclasses.fields(group)]
         kwargs.update(type=float, nargs=len(names), metavar=tuple(n.upper() for n in names))
@@ -159,6 +160,10 @@ def _option_kwargs(setting: settings.Setting, model_default: bool) -> dict[str, 
         fixed = not (len(args) == 2 and args[1] is Ellipsis)
         kwargs.update(type=args[0], nargs=len(args) if fixed else "+")
         shown = " ".join(str(v) for v in setting.default) if setting.default else "none"
+    elif settings.is_optional(setting.type):
+        kwargs["type"] = _or_none(base)
+        shown = str(setting.default)
+        nullable = "; none for null"
     else:
         kwargs["type"] = base
         shown = str(setting.default)
@@ -167,8 +172,18 @@ def _option_kwargs(setting: settings.Setting, model_default: bool) -> dict[str, 
     if "enum" in setting.schema:
         kwargs["choices"] = setting.schema["enum"]
     default = "the model's" if model_default else shown
-    kwargs["help"] = f"{setting.description} (default: {default})"
+    kwargs["help"] = f"{setting.description} (default: {default}{nullable})"
     return kwargs
+
+
+def _or_none(base: type) -> Callable[[str], Any]:
+    """An argparse type: `none` or `null` is None (a nullable setting), else `base(text)`."""
+
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "null") else base(text)
+
+    parse.__name__ = base.__name__  # argparse names the type in "invalid int value"
+    return parse
 
 
 def _dest(keyword: str, name: str) -> str:

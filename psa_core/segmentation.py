@@ -36,9 +36,16 @@ from psa_core.data import image_paths
 from psa_core.device import autocast_dtype
 from psa_core.errors import PsaError
 from psa_core.models import create_model
-from psa_core.settings import SegmentationInferSettings, SegmentationSettings
+from psa_core.settings import DatasetSettings, SegmentationInferSettings, SegmentationSettings
 from psa_core.training import digest, sample_rng, train
-from psa_core.transforms import Normalization, SegTrainTransform, training_transform
+from psa_core.transforms import (
+    Normalization,
+    SegTrainTransform,
+    resize,
+    to_size_of,
+    to_working_size,
+    training_transform,
+)
 
 MODEL_FORMAT = "psa-seg-model/1"
 """Tag of the model folder layout; a folder with another tag is refused."""
@@ -128,13 +135,19 @@ def multiscale_softmax(
             x = model.normalization(x.float())
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model.logits(x)
-            logits = F.interpolate(
+            # one full-size (2N, K + 1, H, W) array at a time: the upsampled logits are
+            # dropped once softmaxed, the views summed in place
+            probs = F.interpolate(
                 logits.float(), size=(height, width), mode="bilinear", align_corners=False
-            )
-            probs = logits.softmax(dim=1)
+            ).softmax(dim=1)
+            del logits
             views = probs[:n] + probs[n:].flip(-1) if flip else probs[:n]
-            total = views if total is None else total + views
-        total = total / (len(scales) * (2 if flip else 1))
+            del probs
+            if total is None:
+                total = views
+            else:
+                total += views
+        total /= len(scales) * (2 if flip else 1)
     return total.cpu().numpy()
 
 
@@ -161,18 +174,30 @@ def probs_to_mask(probs: np.ndarray) -> np.ndarray:
     return np.asarray(probs).argmax(axis=0).astype(np.uint8)
 
 
+OVERLAY_ROWS = 256
+"""Rows blended at a time: the float32 temporaries of a 12-megapixel overlay stay ~12 MB."""
+
+
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """The mask's VOC colours blended into the image (background and 255 keep the image).
+
+    Blended in blocks of `OVERLAY_ROWS` rows, so the float copies never span the
+    whole image (a full-size photo's overlay needs its uint8 output only).
 
     Returns:
         (H, W, 3) uint8 RGB.
     """
+    image, mask = np.asarray(image), np.asarray(mask, dtype=np.uint8)
     palette = np.asarray(voc_palette(), dtype=np.float32).reshape(256, 3)
-    colour = palette[np.asarray(mask, dtype=np.uint8)]
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * colour
-    shown = (mask != 0) & (mask != IGNORE_INDEX)
-    out = np.where(shown[..., None], blended, image.astype(np.float32))
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    out = np.empty(image.shape, dtype=np.uint8)
+    for top in range(0, image.shape[0], OVERLAY_ROWS):
+        rows = slice(top, top + OVERLAY_ROWS)
+        pixels, labels = image[rows].astype(np.float32), mask[rows]
+        blended = (1 - alpha) * pixels + alpha * palette[labels]
+        shown = (labels != 0) & (labels != IGNORE_INDEX)
+        mixed = np.where(shown[..., None], blended, pixels)
+        out[rows] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 # -- the model folder -------------------------------------------------------------
@@ -187,12 +212,15 @@ def write_model_description(
     normalization: Any,
     infer: SegmentationInferSettings,
     settings: Mapping[str, Any],
+    max_side: int | None = DatasetSettings.max_side,
 ) -> Path:
     """Write `folder/model.json` for the weights already at `folder/weights.pt`.
 
     Args:
         classes: the K foreground class names (the file lists background first).
         normalization: the model's `psa_core.transforms.Normalization`.
+        max_side: the longest side it segments at (`dataset.max_side`; None = no
+            limit), recorded as `input.max_side`.
         infer: the inference defaults recorded (scales, flip, CRF).
         settings: what made the model (training options, upstream config).
     """
@@ -208,6 +236,7 @@ def write_model_description(
             "mean": list(normalization.mean),
             "std": list(normalization.std),
             "bgr": bool(normalization.bgr),
+            "max_side": None if max_side is None else int(max_side),
         },
         "inference": {
             "scales": [float(s) for s in infer.scales],
@@ -308,6 +337,13 @@ def description_problem(description: Mapping[str, Any]) -> str | None:
     return f"key '{key}': {error.message}" if key else error.message
 
 
+def recorded_max_side(description: Mapping[str, Any]) -> int | None:
+    """The longest side a model folder's network segments at (`input.max_side`); a folder
+    written before that key existed gets the default, `DatasetSettings.max_side`."""
+    recorded = description["input"]
+    return recorded.get("max_side", DatasetSettings.max_side)
+
+
 def load_model_folder(
     folder: str | os.PathLike, device: str = "auto"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -352,6 +388,9 @@ def load_model_folder(
 class SegTrainDataset(Dataset):
     """Augmented images and their masks (palette PNGs, 255 ignored) for the segmentation network.
 
+    A mask at an image's working size (docs/design.md §1.8) gets the image
+    scaled to it; any other size is a PsaError.
+
     Keys are `(epoch, index)`; sample `index` of `epoch` is augmented with
     `sample_rng(seed, epoch, index)` (`SegTrainTransform`).
 
@@ -385,12 +424,13 @@ class SegTrainDataset(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = key
-        image = io.read_image(self.paths[index])
+        full = io.read_image(self.paths[index])
         mask = io.read_mask(self.mask_paths[index])
-        if mask.shape != image.shape[:2]:
+        image = to_size_of(full, mask.shape)  # pseudo masks are at the working size (§1.8)
+        if image is None:
             raise PsaError(
                 f"{self.mask_paths[index]}: mask is {mask.shape[1]}x{mask.shape[0]} but the image "
-                f"is {image.shape[1]}x{image.shape[0]}; the masks come from another dataset"
+                f"is {full.shape[1]}x{full.shape[0]}; the masks come from another dataset"
             )
         x, mask = self.transform(image, mask, sample_rng(self.seed, epoch, index))
         return torch.from_numpy(x), torch.from_numpy(mask.astype(np.int64))
@@ -448,16 +488,26 @@ def segment_images(
     paths: Sequence[Path],
     infer: SegmentationInferSettings,
     *,
+    max_side: int | None = None,
     amp: str = "none",
     progress: bool = False,
 ) -> Iterable[tuple[Path, np.ndarray, np.ndarray]]:
-    """Yield (path, image, mask (H, W) uint8) for every image, in order.
+    """Yield (path, image, mask) for every image, in order.
 
     `infer` (the `segmentation.infer` section) gives the scales, the flip and
     the batch size: images of one size go through the network together, up to
     `infer.batch_size` a pass (`size_batches`; the probabilities do not depend
     on the batching). With `infer.crf` each image's probabilities are refined by the dense CRF
     (`psa_core.crf.crf_inference`, PSA's kernels) before the argmax.
+
+    An image whose longest side exceeds `max_side` (None: no limit) is
+    segmented at its working size (`psa_core.transforms.working_size`,
+    docs/design.md §1.8) and its label map scaled back by nearest neighbour:
+    no (K + 1, H, W) float array at the original size is ever made.
+
+    Yields:
+        path; image: (h, w, 3) uint8, what the network saw (the image itself
+        when it fits max_side); mask: (H, W) uint8 at the image's original size.
     """
     from psa_core.crf import crf_inference
 
@@ -468,7 +518,12 @@ def segment_images(
     try:
         for first in range(0, len(paths), window):
             chunk = list(paths[first : first + window])
-            images = [io.read_image(p) for p in chunk]
+            images, sizes = [], []
+            for path in chunk:  # one full-size image in memory at a time
+                image = io.read_image(path)
+                sizes.append(image.shape[:2])
+                images.append(to_working_size(image, max_side))
+                del image
             order = sorted(range(len(chunk)), key=lambda i: images[i].shape)
             masks: dict[int, np.ndarray] = {}
             for batch in size_batches([images[i] for i in order], batch_size):
@@ -479,7 +534,10 @@ def segment_images(
                 for i, p in zip(picked, probs, strict=True):
                     masks[i] = probs_to_mask(crf_inference(images[i], p) if crf else p)
             for i, path in enumerate(chunk):
-                yield path, images[i], masks[i]
+                mask = masks.pop(i)
+                if mask.shape != sizes[i]:
+                    mask = resize(mask, sizes[i], "nearest")
+                yield path, images[i], mask
                 bar.update(1)
     finally:
         bar.close()

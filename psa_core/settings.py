@@ -150,6 +150,12 @@ class DatasetSettings:
     shard_size: int = setting(
         32, "Images per shard; inference fans out one job per shard.", cli=False, minimum=1
     )
+    max_side: int | None = setting(
+        1024,
+        "Longest side at which images are processed (ours): larger ones are scaled down, aspect "
+        "kept, and CAMs, CRF labels and pseudo masks are made at that size; null = no limit.",
+        minimum=64,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

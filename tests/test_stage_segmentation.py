@@ -211,3 +211,69 @@ def test_predict_never_writes_over_its_input_images(
                "--out", str(one), "--device", "cpu")  # fmt: skip
     assert proc.returncode == 2 and "is an input image" in proc.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_large_images_are_segmented_at_the_working_size(trained, tmp_path: Path) -> None:
+    """An image above max_side: the network runs on it scaled down, and the mask (and the
+    overlay) come back at the original size, the working-size mask scaled by nearest
+    neighbour; infer-seg agrees. The model folder's max_side applies when none is given,
+    and a model.json without one (older psa_core) gets the default."""
+    import torch
+
+    from psa_core.models import build_model
+    from psa_core.transforms import resize, to_working_size
+
+    torch.manual_seed(1)  # untrained weights whose masks show every class here
+    io.save_torch(tmp_path / "seg.pt", build_model("tiny", "seg", 3, dilation=2).state_dict())
+    model = tmp_path / "model"
+    proc = psa("package-seg-model", "--weights", str(tmp_path / "seg.pt"),
+               "--labels", str(trained["tmp"] / "labels.json"), "--backbone", "tiny",
+               "--dilation", "2", "--scales", "1.0", "0.5", "--out", str(model))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    description = json.loads((model / MODEL_FILE).read_text())
+    assert description["input"]["max_side"] == 1024  # the default, recorded
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 60, size=(76, 100, 3)).astype(np.uint8)
+    image[8:46, 8:55], image[30:70, 46:94] = COLOURS[0], COLOURS[2]
+    root = tmp_path / "data"
+    (root / "JPEGImages").mkdir(parents=True)
+    Image.fromarray(image).save(root / "JPEGImages" / "big.jpg", quality=95)
+    small_folder = tmp_path / "small"
+    small_folder.mkdir()
+    small = to_working_size(io.read_image(root / "JPEGImages" / "big.jpg"), 64)
+    Image.fromarray(small).save(small_folder / "big.png")
+
+    def predict(images: Path, out: Path, *extra: str, model: Path = model) -> np.ndarray:
+        proc = psa("predict", "--model", str(model), "--images", str(images), "--out", str(out),
+                   "--device", "cpu", *extra)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return io.read_mask(out / "big.png")
+
+    at_working_size = predict(small_folder, tmp_path / "p-small", "--max-side", "none")
+    assert at_working_size.shape == (49, 64)  # 76 x 100 scaled to a longest side of 64
+    expected = resize(at_working_size, (76, 100), "nearest")
+    assert len(np.unique(expected)) > 2  # the comparison has something to compare
+    scaled = predict(root / "JPEGImages", tmp_path / "p-64", "--max-side", "64", "--overlay")
+    np.testing.assert_array_equal(scaled, expected)
+    with Image.open(tmp_path / "p-64" / "big.jpg") as overlay:
+        assert overlay.size == (100, 76)
+
+    (root / "list.txt").write_text("big\n")
+    proc = psa("infer-seg", "--root", str(root), "--images", str(root / "list.txt"),
+               "--model", str(model), "--max-side", "64", "--scales", "1.0", "0.5",
+               "--device", "cpu", "--out-masks", str(tmp_path / "infer-seg"))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(io.read_mask(tmp_path / "infer-seg" / "big.png"), expected)
+
+    recorded = tmp_path / "model-64"
+    shutil.copytree(model, recorded)
+    description["input"]["max_side"] = 64
+    (recorded / MODEL_FILE).write_text(json.dumps(description))
+    by_model = predict(root / "JPEGImages", tmp_path / "p-recorded", model=recorded)
+    np.testing.assert_array_equal(by_model, expected)
+    del description["input"]["max_side"]  # a model folder from before max_side: the default
+    (recorded / MODEL_FILE).write_text(json.dumps(description))
+    unlimited = predict(root / "JPEGImages", tmp_path / "p-none", "--max-side", "none")
+    by_old_model = predict(root / "JPEGImages", tmp_path / "p-old", model=recorded)
+    np.testing.assert_array_equal(by_old_model, unlimited)

@@ -10,8 +10,9 @@ the library they call is `psa_core.affinity`.
 
 from __future__ import annotations
 
+import collections
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -52,54 +53,74 @@ def crf_labels(
 ) -> None:
     """`psa crf-labels`: CRF score stacks of one CAM shard, and its three-way label maps.
 
-    Writes `out` (HDF5: per image the (2, C + 1, H, W) la / ha marginals,
+    Writes `out` (HDF5: per image the (2, C + 1, h, w) la / ha marginals,
     `class_ids`, provenance) and `out_maps/NAME.png` (VOC palette: class
     index, 0 background, 255 uncertain; docs/design.md §1.2), each atomically.
+    (h, w) is the CAMs' size: an image above `dataset.max_side` is scaled to
+    it (docs/design.md §1.8).
 
     Args:
         cams: the shard's CAMs (HDF5).
         out: HDF5 shard of score stacks to write.
         out_maps: folder of label-map PNGs to write.
     """
-    from psa_core.affinity import HIGH, LOW, checked_size, crf_label_map, crf_stacks_job
+    from psa_core.affinity import HIGH, LOW, crf_label_map, crf_stacks_job, image_at_size_of
 
     classes = data.classes(cams)
     names = listed_shard_names(cams, data.images)
-    cam_data, _ = io.read_score_shard(cams)
-    paths = image_paths(data.root, names)
-    jobs = []
-    for name, path in zip(names, paths, strict=True):
-        maps, _ = cam_data[name]
-        image = io.read_image(path)  # a corrupt image is reported before any CRF runs
-        checked_size(cams, name, maps, image, "CAMs")
-        jobs.append((image, maps, crf))
-    log.info("shard %s: %d images, %d worker(s)", cams.name, len(jobs), crf.workers)
-    with timed("CRF", len(jobs)):
-        stacks = list(_map(crf_stacks_job, jobs, crf.workers))
-    scores = {name: (stack, cam_data[name][1]) for name, stack in zip(names, stacks, strict=True)}
-    with io.atomic_dir(out_maps) as folder:
-        for name, (stack, class_ids) in scores.items():
-            io.write_mask(folder / f"{name}.png", crf_label_map(stack[LOW], stack[HIGH], class_ids))
-    io.write_score_shard(
-        out,
-        scores,
-        attrs={
-            "stage": "crf_labels",
-            "classes": classes,
-            "cams": str(cams),
-            **{k: v for k, v in as_dict(crf).items() if k not in ("dtype", "workers")},
-        },
-        dtype=crf.dtype,
-    )
+    shapes = io.read_score_shapes(cams)
+    images = [  # at the CAMs' size; a corrupt image is reported before any CRF runs
+        image_at_size_of(cams, name, shapes[name], io.read_image(path), "CAMs")
+        for name, path in zip(names, image_paths(data.root, names), strict=True)
+    ]
+    class_ids: dict[str, Any] = {}
+
+    def jobs() -> Iterator[tuple[Any, ...]]:  # one image's CAMs read at a time
+        for name, image in zip(names, images, strict=True):
+            maps, class_ids[name] = io.read_score(cams, name)
+            yield image, maps, crf
+
+    log.info("shard %s: %d images, %d worker(s)", cams.name, len(names), crf.workers)
+    with timed("CRF", len(names)), io.atomic_dir(out_maps) as folder:
+
+        def stacks() -> Iterator[tuple[str, tuple[Any, Any]]]:
+            """Each image's stacks, its label map written, in the storage type: one shard
+            never holds every image's float32 stacks at once."""
+            results = _map(crf_stacks_job, jobs(), crf.workers, len(names))
+            for name, stack in zip(names, results, strict=True):
+                label = crf_label_map(stack[LOW], stack[HIGH], class_ids[name])
+                io.write_mask(folder / f"{name}.png", label)
+                yield name, (stack.astype(crf.dtype), class_ids[name])
+
+        io.write_score_shard(
+            out,
+            stacks(),
+            attrs={
+                "stage": "crf_labels",
+                "classes": classes,
+                "cams": str(cams),
+                **{k: v for k, v in as_dict(crf).items() if k not in ("dtype", "workers")},
+            },
+            dtype=crf.dtype,
+        )
 
 
-def _map(func: Callable[[Any], Any], jobs: Sequence[Any], workers: int) -> Iterator[Any]:
-    """`map` over `jobs`, in order, in `workers` processes (in this one for 1)."""
-    if workers == 1 or len(jobs) <= 1:
+def _map(
+    func: Callable[[Any], Any], jobs: Iterable[Any], workers: int, count: int
+) -> Iterator[Any]:
+    """`map` over `count` jobs, in order, in `workers` processes (in this one for 1), with
+    at most two jobs a worker taken from `jobs` ahead of the results."""
+    if workers == 1 or count <= 1:
         yield from map(func, jobs)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        yield from pool.map(func, jobs)
+    with ProcessPoolExecutor(max_workers=min(workers, count)) as pool:
+        pending: collections.deque[Any] = collections.deque()
+        for job in jobs:
+            pending.append(pool.submit(func, job))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 # -- evaluate_crf_labels ----------------------------------------------------------
@@ -110,13 +131,16 @@ def evaluate_crf_labels(*, data: LabelledImages, crf: Sequence[Path], reports: R
 
     Precision and recall of the confident foreground and background, the
     share left uncertain, and mIoU over the labelled pixels
-    (`psa_core.evaluate.CrfLabelQuality`).
+    (`psa_core.evaluate.CrfLabelQuality`), at the labels' size: the ground
+    truth of an image above `dataset.max_side` is scaled to its working size
+    by nearest neighbour (docs/design.md §1.8).
 
     Args:
         crf: the split's CRF shards (HDF5).
     """
     from psa_core.affinity import HIGH, LOW, crf_label_map
     from psa_core.evaluate import CrfLabelQuality, write_crf_label_report
+    from psa_core.transforms import to_size_of
 
     classes, names = data.classes(*crf), data.names()
     where = shard_index(crf, names, "CRF")
@@ -134,7 +158,15 @@ def evaluate_crf_labels(*, data: LabelledImages, crf: Sequence[Path], reports: R
                     f"{data.root}: no ground-truth mask for '{name}'; evaluate a split that has "
                     "masks"
                 )
-            quality.add(crf_label_map(stack[LOW], stack[HIGH], class_ids), io.read_mask(mask_file))
+            full_gt = io.read_mask(mask_file)
+            gt = to_size_of(full_gt, stack.shape[-2:], "nearest")
+            if gt is None:
+                raise PsaError(
+                    f"{shard}: CRF scores of '{name}' are {stack.shape[-1]}x{stack.shape[-2]} but "
+                    f"its mask {mask_file} is {full_gt.shape[1]}x{full_gt.shape[0]}; rerun "
+                    "crf_labels for this dataset"
+                )
+            quality.add(crf_label_map(stack[LOW], stack[HIGH], class_ids), gt)
     result = quality.result()
     log.info(
         "CRF labels: fg precision %s recall %s, bg precision %s recall %s, uncertain %s, "

@@ -22,6 +22,7 @@ from psa_core.settings import (
     CamEvaluateSettings,
     CamInferSettings,
     CamSettings,
+    DatasetSettings,
     Keys,
     ModelSettings,
     RunSettings,
@@ -37,6 +38,9 @@ from psa_core.stages.common import (
 )
 
 log = logging.getLogger("psa")
+
+DEFAULT_DATASET = DatasetSettings()
+"""`infer_cam`'s dataset section when a caller gives none (the default max_side)."""
 
 
 # -- drivers ------------------------------------------------------------------
@@ -78,6 +82,7 @@ def infer_cam(
     data: LabelledImages,
     weights: Path,
     shard: Shard,
+    dataset: Annotated[DatasetSettings, Keys("max_side")] = DEFAULT_DATASET,
     model: ModelSettings,
     infer: CamInferSettings,
     run: Annotated[RunSettings, Keys("device", "amp")],
@@ -89,7 +94,8 @@ def infer_cam(
     The workflow passes a shard's own image list (`psa index --shard`); by
     hand, `shard` picks one shard of a longer list (`psa_core.data.select_shard`).
     Each image's dataset holds the maps of its present classes only,
-    (C, H, W) in [0, 1], with their 0-based ids in the `class_ids` attribute.
+    (C, h, w) in [0, 1], with their 0-based ids in the `class_ids` attribute;
+    (h, w) is the image's working size (`dataset.max_side`, docs/design.md §1.8).
 
     Args:
         weights: trained CAM weights (.pt/.pth).
@@ -98,6 +104,7 @@ def infer_cam(
     from psa_core.cam import multiscale_cam
     from psa_core.device import autocast_dtype
     from psa_core.models import create_model
+    from psa_core.transforms import to_working_size
 
     images = data.images
     classes, label_map = read_labels(data.labels)
@@ -110,16 +117,20 @@ def infer_cam(
         model.backbone, "cam", len(classes), checkpoint_path=weights, device=run.device
     )
     where = images.name if shard.shard is None else f"{images.name}, shard {shard.shard}"
-    log.info("%s: %d images, scales %s, device %s", where, len(names), infer.scales, run.device)
+    log.info(
+        "%s: %d images, scales %s, max side %s, device %s",
+        where, len(names), infer.scales, dataset.max_side, run.device,
+    )  # fmt: skip
     amp_dtype = autocast_dtype(run.amp)
     scores = {}
     with timed("CAMs", len(names)):
         for name in names:
             label = label_map[name]
-            image = io.read_image(image_path(data.root, name))
+            image = to_working_size(io.read_image(image_path(data.root, name)), dataset.max_side)
             cams = multiscale_cam(net, image, label, scales=infer.scales, amp_dtype=amp_dtype)
             present = np.flatnonzero(label > 0)
-            scores[name] = (cams[present], present)
+            # kept in the storage type: a shard's maps wait in memory until it is written
+            scores[name] = (cams[present].astype(infer.dtype), present)
     io.write_score_shard(
         out,
         scores,
@@ -130,6 +141,7 @@ def infer_cam(
             "weights": str(weights),
             "scales": list(infer.scales),
             "amp": run.amp,
+            "max_side": dataset.max_side,
             "images": str(images),
             **({} if shard.shard is None else dataclasses.asdict(shard)),
         },
@@ -140,10 +152,14 @@ def infer_cam(
 def iter_cam_items(
     root: Path, names: Sequence[str], shards: Sequence[Path]
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (cams (C, H, W), class_ids (C,), gt (H, W) uint8) for every listed image.
+    """Yield (cams (C, h, w), class_ids (C,), gt (h, w) uint8) for every listed image.
 
+    The ground truth is brought to the CAMs' size: nearest-neighbour scaled
+    when the CAMs are at a working size below the image's (docs/design.md §1.8).
     One shard is in memory at a time (a VOC split's CAMs would not fit at once).
     """
+    from psa_core.transforms import to_size_of
+
     stored = {name for shard in shards for name in io.read_score_shard_names(shard)}
     missing = [n for n in names if n not in stored]
     if missing:
@@ -164,12 +180,13 @@ def iter_cam_items(
                     f"{root}: no ground-truth mask for '{name}'; evaluate a split that has masks"
                 )
             gt = io.read_mask(mask_file)
-            if gt.shape != cams.shape[1:]:
+            scaled = to_size_of(gt, cams.shape[1:], "nearest")
+            if scaled is None:
                 raise PsaError(
                     f"{mask_file}: mask is {gt.shape[1]}x{gt.shape[0]} but its CAM is "
                     f"{cams.shape[2]}x{cams.shape[1]}; rerun inference for this dataset"
                 )
-            yield cams, class_ids, gt
+            yield cams, class_ids, scaled
 
 
 def evaluate_cam(

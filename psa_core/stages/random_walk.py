@@ -77,6 +77,7 @@ def random_walk_shard(
     from psa_core.device import autocast_dtype, resolve_device
     from psa_core.models import create_model
     from psa_core.random_walk import padded_size, random_walk, scores_to_mask, walk_input
+    from psa_core.transforms import to_size_of
 
     classes = data.classes(cams)
     names = listed_shard_names(cams, data.images)
@@ -97,13 +98,15 @@ def random_walk_shard(
     scores, affinities, masks = {}, {}, {}
     with timed("random walk", len(names)):
         for name, path in zip(names, paths, strict=True):
-            image = io.read_image(path)
+            full = io.read_image(path)
             maps, class_ids = cam_data[name]
-            if maps.shape[1:] != image.shape[:2]:
+            image = to_size_of(full, maps.shape[1:])  # the CAMs' working size (§1.8)
+            if image is None:
                 raise PsaError(
                     f"{cams}: CAMs of '{name}' are {maps.shape[2]}x{maps.shape[1]} but the image is "
-                    f"{image.shape[1]}x{image.shape[0]}; delete the shard and rerun infer_cam"
+                    f"{full.shape[1]}x{full.shape[0]}; delete the shard and rerun infer_cam"
                 )
+            del full
             height, width = image.shape[:2]
             pad_h, pad_w = padded_size(height, width)
             x = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(torch_device)
@@ -198,18 +201,20 @@ def evaluate_random_walk(
 
     from psa_core.evaluate import SweepConfusion, write_sweep_report
     from psa_core.random_walk import random_walk, scores_to_mask, walk_input
+    from psa_core.transforms import to_size_of
 
     alpha, beta, logt = walk.alpha, walk.beta, walk.logt
     classes, names = data.classes(*walks), data.names()
     grid = sorted({float(a) for a in evaluate.alphas} | {float(alpha)})
     sweep = SweepConfusion(len(classes) + 1, grid)
     items = _iter_walks(data.root, names, walks, affinities, cams)
-    for name, walked, aff, maps, class_ids, gt in items:
-        size = gt.shape
-        if maps.shape[1:] != size:
+    for name, walked, aff, maps, class_ids, full_gt in items:
+        size = maps.shape[1:]  # the working size: ground truth scaled to it (§1.8)
+        gt = to_size_of(full_gt, size, "nearest")
+        if gt is None:
             raise PsaError(
-                f"CAMs of '{name}' are {maps.shape[2]}x{maps.shape[1]} but its mask is "
-                f"{size[1]}x{size[0]}; rerun the pipeline for this dataset"
+                f"CAMs of '{name}' are {size[1]}x{size[0]} but its mask is "
+                f"{full_gt.shape[1]}x{full_gt.shape[0]}; rerun the pipeline for this dataset"
             )
         backgrounds = np.stack([walk_input(maps, a)[0] for a in grid])  # (A, h, w)
         walked_bg = random_walk(torch.from_numpy(aff), torch.from_numpy(backgrounds), beta, logt)

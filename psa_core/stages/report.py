@@ -39,6 +39,10 @@ def gallery(
     """`psa gallery`: image, ground truth, CAM, CRF labels, random-walk mask (and, with
     `seg_masks`, the segmentation network's mask) side by side.
 
+    Every panel is shown at the CAMs' size: the image, its ground truth and
+    the network's mask of an image above `dataset.max_side` are scaled to its
+    working size (docs/design.md §1.8).
+
     Args:
         cams: the split's CAM shards.
         crf: the split's CRF shards.
@@ -48,6 +52,11 @@ def gallery(
     """
     from psa_core.affinity import HIGH, LOW, crf_label_map
     from psa_core.plots import GALLERY_COLUMNS, gallery_figure  # matplotlib: only when drawing
+    from psa_core.transforms import to_size_of
+
+    def at_cam_size(array: np.ndarray, size_hw: tuple[int, int], how: str) -> np.ndarray:
+        scaled = to_size_of(array, size_hw, how)
+        return array if scaled is None else scaled  # a mismatch shows as it is
 
     classes = data.classes()
     names = pick_examples(data.names(), report.gallery_size)
@@ -59,19 +68,21 @@ def gallery(
     for name in names:
         cam_maps, _ = io.read_score(cam_where[name], name)
         stack, class_ids = io.read_score(crf_where[name], name)
-        height, width = cam_maps.shape[1:]
+        height, width = size = cam_maps.shape[1:]
         row = {
             "name": name,
-            "image": io.read_image(image_path(data.root, name)),
+            "image": at_cam_size(io.read_image(image_path(data.root, name)), size, "bilinear"),
             "CAM": cam_maps.max(axis=0) if len(cam_maps) else np.zeros((height, width), np.float32),
             "CRF labels": crf_label_map(stack[LOW], stack[HIGH], class_ids),
             "random walk": io.read_mask(walk_files[name]),
         }
         if seg_files:
-            row["segmentation network"] = io.read_mask(seg_files[name])
+            row["segmentation network"] = at_cam_size(
+                io.read_mask(seg_files[name]), size, "nearest"
+            )
         gt_file = gt_mask_path(data.root, name)
         if gt_file is not None:
-            row["ground truth"] = io.read_mask(gt_file)
+            row["ground truth"] = at_cam_size(io.read_mask(gt_file), size, "nearest")
         rows.append(row)
     columns = GALLERY_COLUMNS if seg_files else GALLERY_COLUMNS[:-1]
     gallery_figure(rows, classes, out, columns=columns)

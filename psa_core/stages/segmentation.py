@@ -19,6 +19,7 @@ from psa_core import io
 from psa_core.data import gt_mask_path, image_paths, read_labels, select_shard
 from psa_core.errors import PsaError
 from psa_core.settings import (
+    DatasetSettings,
     Keys,
     ModelSettings,
     Overrides,
@@ -76,11 +77,13 @@ def package_seg_model(
     seg: Annotated[SegmentationSettings, Keys("dilation")],
     infer: Annotated[SegmentationInferSettings, Keys("scales", "flip", "crf")],
     recorded: Annotated[Mapping[str, Any], Recorded()],
+    dataset: Annotated[DatasetSettings, Keys("max_side")],
     out: Path,
 ) -> None:
     """`psa package-seg-model`: the model folder (`weights.pt` + `model.json`) of trained
-    weights, with the inference defaults `infer` and every setting `recorded` (what
-    made the model) written into model.json.
+    weights, with the inference defaults `infer`, the longest side it segments at
+    (`dataset.max_side`) and every setting `recorded` (what made the model) written
+    into model.json.
 
     A separate step from training, so that new inference defaults rewrite the
     description without retraining. The weights are checked to load first.
@@ -112,6 +115,7 @@ def package_seg_model(
             normalization=net.normalization,
             infer=infer,
             settings={"pipeline": dict(recorded)},
+            max_side=dataset.max_side,
         )
     log.info("model folder written to %s (%d classes + background)", out, len(classes))
 
@@ -127,9 +131,14 @@ def infer_seg(
     infer: SegmentationInferSettings,
     run: Annotated[RunSettings, Keys("device", "amp")],
     out_masks: Path,
+    dataset: Annotated[Mapping[str, Any], Overrides("dataset"), Keys("max_side")],
 ) -> None:
     """`psa infer-seg`: masks of an image list (or one shard of it) from a segmentation
-    model folder.
+    model folder, at the images' original size.
+
+    An image above `max_side` (given, else the model folder's) is segmented at
+    its working size and its mask scaled back by nearest neighbour
+    (docs/design.md §1.8).
 
     Args:
         model: the model folder package-seg-model wrote.
@@ -139,11 +148,22 @@ def infer_seg(
 
     names = select_shard(data.names(), shard.shard, shard.shard_size)
     paths = image_paths(data.root, names)
-    net, _ = load_model_folder(model, run.device)
-    log.info("scales %s, flip %s, CRF %s", list(infer.scales), infer.flip, infer.crf)
+    net, description = load_model_folder(model, run.device)
+    max_side = _max_side(dataset, description)
+    log.info(
+        "scales %s, flip %s, CRF %s, max side %s",
+        list(infer.scales), infer.flip, infer.crf, max_side,
+    )  # fmt: skip
     with timed("segmentation", len(paths)), io.atomic_dir(out_masks) as folder:
-        for path, _, mask in segment_images(net, paths, infer, amp=run.amp):
+        for path, _, mask in segment_images(net, paths, infer, max_side=max_side, amp=run.amp):
             io.write_mask(folder / f"{path.stem}.png", mask)
+
+
+def _max_side(given: Mapping[str, Any], description: Mapping[str, Any]) -> int | None:
+    """`--max-side` when given, else the model folder's (`recorded_max_side`)."""
+    from psa_core.segmentation import recorded_max_side
+
+    return given["max_side"] if "max_side" in given else recorded_max_side(description)
 
 
 def evaluate_seg(*, data: LabelledImages, masks: Sequence[Path], reports: Reports) -> None:
@@ -221,12 +241,16 @@ def predict(
     overlay: bool,
     infer: Annotated[Mapping[str, Any], Overrides("segmentation.infer")],
     run: Annotated[RunSettings, Keys("device", "amp")],
+    dataset: Annotated[Mapping[str, Any], Overrides("dataset"), Keys("max_side")],
 ) -> None:
     """`psa predict`: a palette PNG mask (and with `--overlay` a JPEG overlay) per image.
 
     Needs no labels and no Snakemake: the model folder says everything.
-    `infer` holds the inference settings given; the others are the model's
-    recorded ones (scales, flip, CRF) or the published defaults.
+    `infer` and `dataset` hold the settings given; the others are the model's
+    recorded ones (scales, flip, CRF, max_side) or the defaults. Masks and
+    overlays have the images' original size; an image above max_side is
+    segmented at its working size and its mask scaled back by nearest
+    neighbour (docs/design.md §1.8).
 
     Args:
         model: the model folder package-seg-model wrote.
@@ -248,9 +272,10 @@ def predict(
     check_outputs_spare_inputs(paths, out, overlay)
     net, description = load_model_folder(model, run.device)
     settings = section_from("segmentation.infer", {**description["inference"], **infer})
+    max_side = _max_side(dataset, description)
     out.mkdir(parents=True, exist_ok=True)
     log.info(
-        "%d images, model %s (%s, %d classes), scales %s, flip %s, CRF %s",
+        "%d images, model %s (%s, %d classes), scales %s, flip %s, CRF %s, max side %s",
         len(paths),
         model,
         description["backbone"],
@@ -258,9 +283,14 @@ def predict(
         list(settings.scales),
         settings.flip,
         settings.crf,
+        max_side,
     )
-    for path, image, mask in segment_images(net, paths, settings, amp=run.amp, progress=True):
+    segmented = segment_images(net, paths, settings, max_side=max_side, amp=run.amp, progress=True)
+    for path, image, mask in segmented:
         io.write_mask(out / f"{path.stem}.png", mask)
         if overlay:
+            if image.shape[:2] != mask.shape:  # scaled for the network: overlay the original
+                image = io.read_image(path)
             io.write_image(out / f"{path.stem}.jpg", overlay_mask(image, mask))
+            del image
     log.info("%d masks written to %s", len(paths), out)

@@ -268,6 +268,17 @@ def test_incremental_rebuild(run_copy: Path) -> None:
     assert "train_cam" not in planned and planned["infer_cam"] == num_shards, planned
     # (A CRF alpha or random-walk parameter: tests/workflow/test_rebuild.py.)
 
+    # A new max_side (docs/design.md §1.8; the 96-160 px images are above 64): CAM
+    # inference and everything after it (the segmentation inference too), not the CAM
+    # training, whose random resize does not depend on it.
+    config["cam"]["infer"]["scales"] = run_config()["cam"]["infer"]["scales"]
+    config["dataset"]["max_side"] = 64
+    write_config(run_copy, config)
+    proc = run_snakemake(run_copy, "-n", "--quiet", "rules")
+    planned = planned_jobs(proc.stdout + proc.stderr)
+    assert "train_cam" not in planned and planned["infer_cam"] == num_shards, planned
+    assert planned["infer_seg"] == num_shards and planned["package_seg_model"] == 1, planned
+
 
 @pytest.mark.parametrize(
     ("override", "key"),

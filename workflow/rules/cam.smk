@@ -48,7 +48,7 @@ rule infer_cam:
         "../../envs/psa.yaml"
     threads: 2
     params:
-        settings=job_settings("model", "cam.infer", RUN),
+        settings=job_settings("model", "cam.infer", "dataset:max_side", RUN),
         root=DATA_ROOT,
     shell:
         "exec python -m psa_core infer-cam --settings {params.settings:q} --root {params.root:q}"

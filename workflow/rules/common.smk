@@ -217,7 +217,7 @@ def model_settings():
     """The package_seg_model job's settings: what the segmentation model reads, and every
     upstream setting that made it, recorded in model.json."""
     upstream = [
-        "dataset:kind,root,classes,train_split",
+        "dataset:kind,root,classes,train_split,max_side",
         "model",
         ":seed,amp",
         "cam",

@@ -70,7 +70,7 @@ rule infer_seg:
         "../../envs/psa.yaml"
     threads: 2
     params:
-        settings=job_settings("segmentation.infer", RUN),
+        settings=job_settings("segmentation.infer", "dataset:max_side", RUN),
         root=DATA_ROOT,
     shell:
         "exec python -m psa_core infer-seg --settings {params.settings:q} --root {params.root:q}"
