@@ -12,6 +12,7 @@ overlay) are checked to have the image's original size.
 
     python benchmarks/bench_large_image.py                # max_side none, then 1024
     python benchmarks/bench_large_image.py --max-side 1024 --max-side 512
+    python benchmarks/bench_large_image.py --max-side 1024 --copies 8   # a shard of 8 photos
 
 `--legacy DIR` adds a column for an older checkout (e.g. `git archive e03ac1d |
 tar -x -C DIR`): its stages run in DIR, without `--max-side`.
@@ -53,8 +54,9 @@ TRAINING = [  # the demo's small crops, one image a step, one epoch
 RESIZE = ["--resize-long", "96", "160"]
 
 
-def make_photo(folder: Path) -> Path:
-    """A VOC-layout folder holding one 4000x3000 image `big` with its mask and split list."""
+def make_photo(folder: Path, copies: int = 1) -> Path:
+    """A VOC-layout folder holding a 4000x3000 image `big` with its mask, `copies` times
+    (big, big-1, ...), all in the split list `big` (one shard)."""
     root = folder / "data"
     generate(root, num_train=8, num_val=1, image_size=(150, 200), num_classes=NUM_CLASSES, seed=3)
     # the first synthetic training image that shows both classes
@@ -69,7 +71,11 @@ def make_photo(folder: Path) -> Path:
     Image.fromarray(big).save(root / "JPEGImages" / f"{NAME}.jpg", quality=90)
     gt = Image.fromarray(mask, mode="P").resize(SIZE_WH, Image.Resampling.NEAREST)
     io.write_mask(root / "SegmentationClass" / f"{NAME}.png", np.asarray(gt))
-    (root / "ImageSets" / "Segmentation" / f"{NAME}.txt").write_text(f"{NAME}\n")
+    names = [NAME, *(f"{NAME}-{i}" for i in range(1, copies))]
+    for name in names[1:]:
+        for sub, suffix in (("JPEGImages", ".jpg"), ("SegmentationClass", ".png")):
+            os.link(root / sub / f"{NAME}{suffix}", root / sub / f"{name}{suffix}")
+    (root / "ImageSets" / "Segmentation" / f"{NAME}.txt").write_text("\n".join(names) + "\n")
     return root
 
 
@@ -126,6 +132,8 @@ def run_all(root: Path, weights: dict[str, Path], work: Path, max_side: list[str
     that take it ([] for a legacy checkout)."""
     work.mkdir(parents=True)
     log = work / "psa.log"
+    names = io.read_lines(root / "ImageSets" / "Segmentation" / f"{NAME}.txt")
+    io.write_lines(work / "photos.txt", [str(root / "JPEGImages" / f"{n}.jpg") for n in names])
     index = work / "index"
     data = ["--root", str(root), "--images", str(index / "images.txt"),
             "--labels", str(index / "labels.json")]  # fmt: skip
@@ -166,18 +174,18 @@ def run_all(root: Path, weights: dict[str, Path], work: Path, max_side: list[str
                        "--out-masks", str(work / "seg-masks")]),
         ("evaluate-seg", [*data, "--masks", str(work / "seg-masks"), "--out-json",
                           str(work / "seg.json"), "--out-csv", str(work / "seg.csv")]),
-        ("predict", ["--model", str(work / "model"), "--images",
-                     str(root / "JPEGImages" / f"{NAME}.jpg"), "--out", str(work / "predicted"),
-                     "--overlay", *threads]),
+        ("predict", ["--model", str(work / "model"), "--images", str(work / "photos.txt"),
+                     "--out", str(work / "predicted"), "--overlay", *threads]),
     ]  # fmt: skip
     results = []
     for stage, args in stages:
         results.append(run_stage(stage, args, checkout, log))
         print(f"  {stage}: {results[-1].max_rss_mib:.0f} MiB, {results[-1].wall_s:.1f} s")
-    for made in (work / "seg-masks" / f"{NAME}.png", work / "predicted" / f"{NAME}.png",
-                 work / "predicted" / f"{NAME}.jpg"):  # fmt: skip
-        with Image.open(made) as img:
-            assert img.size == SIZE_WH, f"{made}: {img.size}, expected the original {SIZE_WH}"
+    made = [*(work / "seg-masks").glob("*.png"), *(work / "predicted").glob("*.*")]
+    assert len(made) == 3 * len(names), made
+    for path in made:
+        with Image.open(path) as img:
+            assert img.size == SIZE_WH, f"{path}: {img.size}, expected the original {SIZE_WH}"
     return results
 
 
@@ -188,6 +196,9 @@ def main() -> None:
     )
     parser.add_argument("--legacy", type=Path, help="an older checkout to run first")
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument(
+        "--copies", type=int, default=1, help="photos in the split, one shard (default 1)"
+    )
     args = parser.parse_args()
     values = args.max_side or ["none", "1024"]
     commit = subprocess.run(
@@ -196,7 +207,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        root = make_photo(folder)
+        root = make_photo(folder, args.copies)
         weights = write_weights(folder)
         columns: dict[str, list[Result]] = {}
         if args.legacy:
@@ -213,7 +224,8 @@ def main() -> None:
     print(
         f"\n`python benchmarks/bench_large_image.py` at {commit} on {platform.machine()} "
         f"({os.cpu_count()} CPUs), torch {torch.__version__}, {datetime.date.today()}; "
-        f"one {SIZE_WH[0]}x{SIZE_WH[1]} JPEG, tiny, {NUM_CLASSES} classes; peak RSS of each "
+        f"{args.copies} {SIZE_WH[0]}x{SIZE_WH[1]} JPEG(s) in one shard, tiny, {NUM_CLASSES} "
+        "classes; peak RSS of each "
         "`psa` process (MiB) and its wall time (s):\n"
     )
     print("| stage | " + " | ".join(f"{n}: RSS | {n}: wall" for n in names) + " |")
