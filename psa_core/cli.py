@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         keywords = driver_arguments(driver, options)
         _set_threads(options.get("threads"))
-        with common.outputs_held(keywords):
+        with common.outputs_held(keywords, getattr(driver, "fills_folders", False)):
             driver(**keywords)
     except PsaError as exc:
         print(f"psa {name}: error: {exc}", file=sys.stderr)

@@ -41,6 +41,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     `path` is left as it was.
     """
     target = Path(path)
+    if target.is_dir():
+        raise PsaError(f"{target}: is a folder; give the path of a file to write")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
@@ -49,6 +51,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, target)
+    except OSError as exc:  # name the file the user asked for, not our temporary
+        tmp.unlink(missing_ok=True)
+        if exc.filename in (None, str(tmp)) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -402,8 +409,13 @@ def save_torch(path: str | os.PathLike, obj: Mapping[str, Any]) -> None:
     """Atomically `torch.save` a dict of tensors / plain values (no pickled objects)."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(dict(obj), tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        try:  # to a Python file, whose write raises the OSError of a full disk ...
+            torch.save(dict(obj), f)
+        except RuntimeError as exc:  # ... which torch's writer wraps on its way out
+            if isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None
+            raise
 
 
 def load_torch(path: str | os.PathLike, what: str = "weights") -> dict[str, Any]:
@@ -450,7 +462,9 @@ def write_score_shard(
     """
     import h5py
 
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    # Built in memory (compressed), then written by Python: a full disk is then an
+    # OSError naming the file, where HDF5 writing to disk fails in C and can crash.
+    with h5py.File(f"{path}.in-memory", "w", driver="core", backing_store=False) as f:
         for key, value in provenance(**attrs).items():
             f.attrs[key] = _h5_attr(value)
         for name, (maps, class_ids) in scores.items() if isinstance(scores, Mapping) else scores:
@@ -460,6 +474,10 @@ def write_score_shard(
                 name, data=maps, compression="gzip", compression_opts=4, shuffle=True, chunks=chunks
             )
             ds.attrs["class_ids"] = np.asarray(class_ids, dtype=np.int64)
+        f.flush()
+        image = f.id.get_file_image()
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(image)
 
 
 def read_score_shard(

@@ -35,7 +35,7 @@ from psa_core.constants import IGNORE_INDEX, voc_palette
 from psa_core.data import image_paths
 from psa_core.device import autocast_dtype
 from psa_core.errors import PsaError
-from psa_core.models import create_model
+from psa_core.models import BACKBONES, create_model
 from psa_core.settings import DatasetSettings, SegmentationInferSettings, SegmentationSettings
 from psa_core.training import digest, sample_rng, train
 from psa_core.transforms import (
@@ -287,7 +287,7 @@ MODEL_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["backbone", "head", "classes", "input", "inference", "weights"],
     "properties": {
-        "backbone": {"type": "string"},
+        "backbone": {"enum": list(BACKBONES)},
         "head": {
             "type": "object",
             "required": ["dilation"],

@@ -677,14 +677,25 @@ def typed_strings(config: Mapping[str, Any]) -> dict[str, Any]:
     return typed(config_schema(), config)
 
 
-def output_dir_error(output_dir: str, workdir: Path, checkout: Path) -> str | None:
+def output_dir_error(
+    output_dir: str, workdir: Path, checkout: Path, dataset_root: str | None = None
+) -> str | None:
     """Why `output_dir` (relative to `workdir`) is no place for artifacts, or None.
 
     Refused: the working folder itself or a folder above it (artifacts would
     mix with the user's files, and a clean-up would take those too), the
-    checkout or a folder above it, and the checkout's own folders.
+    checkout or a folder above it, the checkout's own folders, and the dataset
+    folder or anything inside it (a replaced output folder could take its
+    masks or lists with it).
     """
     target = (workdir / output_dir).resolve()
+    if dataset_root is not None:
+        root = (workdir / dataset_root).resolve()
+        if target == root or root in target.parents:
+            return (
+                f"'{output_dir}' is inside the dataset folder '{dataset_root}'; keep the "
+                "artifacts outside the dataset"
+            )
     workdir, checkout = workdir.resolve(), checkout.resolve()
     if target == workdir or target in workdir.parents:
         return (

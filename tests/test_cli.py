@@ -16,6 +16,7 @@ import torch
 
 from psa_core import io
 from psa_core.data import write_labels
+from psa_core.models import build_model
 from tests.cli_helpers import psa, psa_in_process
 from tests.train_helpers import NUM_CLASSES, write_dataset
 
@@ -257,3 +258,33 @@ def test_a_full_disk_is_one_line_and_keeps_finished_outputs(
     assert "No space left on device" in proc.stderr and "free disk space" in proc.stderr
     assert str(out) in proc.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_an_output_never_replaces_an_input(tmp_path: Path) -> None:
+    """`--out` equal to an input file, a folder output over the dataset's masks, a file
+    output that is a folder: refused in one line before anything is written."""
+    root = tmp_path / "data"
+    names, labels = write_dataset(root, n=2)
+    write_labels(tmp_path / "labels.json", CLASSES, labels)
+    (tmp_path / "images.txt").write_text("\n".join(names) + "\n")
+    weights = tmp_path / "cam.pt"
+    io.save_torch(weights, build_model("tiny", "cam", NUM_CLASSES).state_dict())
+    before = {p: p.read_bytes() for p in (weights, tmp_path / "images.txt")}
+    common = ["--root", str(root), "--images", str(tmp_path / "images.txt"),
+              "--labels", str(tmp_path / "labels.json")]  # fmt: skip
+    infer = ["infer-cam", *common, "--weights", str(weights), "--device", "cpu"]
+    cases = {
+        (*infer, "--out", str(weights)): "is also an input (--weights)",
+        (*infer, "--out", str(tmp_path / "images.txt")): "is also an input (--images)",
+        (*infer, "--out", str(root / "cams.h5")): "is inside the dataset folder",
+        (*infer, "--out", str(tmp_path)): "holds the input",
+    }
+    for args, message in cases.items():
+        proc = psa_in_process(*args)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert message in proc.stderr, proc.stderr
+    (tmp_path / "a_folder").mkdir()
+    proc = psa_in_process(*infer, "--out", str(tmp_path / "a_folder"))
+    assert proc.returncode == 2 and "a_folder: is a folder; give the path of a file" in proc.stderr
+    assert {p: p.read_bytes() for p in before} == before
+    assert not list(tmp_path.rglob("*.h5"))

@@ -315,3 +315,44 @@ def test_a_192_megapixel_header_gives_one_line_not_pils_bomb_error(
     monkeypatch.setenv("PSA_MAX_IMAGE_PIXELS", "200000000")  # allowed: PIL's guard stays quiet
     with io.open_image(path) as img:  # (a decode would allocate 192 MB, and fail)
         assert img.size == (16_000, 12_000)
+
+
+# -- a full disk, for real: a 256 KB tmpfs ---------------------------------------------------
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 256 KB file system (needs root and mount; skipped elsewhere)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_full_disk_is_an_os_error_and_keeps_what_was_there(tiny_disk: Path) -> None:
+    """HDF5 shards and torch files fill the disk: each is an OSError (ENOSPC) naming a
+    file of that folder, no temporary is left, the finished file beside stays."""
+    import errno
+
+    import torch
+
+    finished = tiny_disk / "finished.json"
+    io.write_json(finished, {"kept": True})
+    noise = np.random.default_rng(0).random((4, 256, 256))  # 1 MB as float32, gzip or not
+    with pytest.raises(OSError) as shard_error:
+        io.write_score_shard(tiny_disk / "s.h5", {"a": (noise, [0, 1, 2, 3])}, {}, "float32")
+    with pytest.raises(OSError) as torch_error:
+        io.save_torch(tiny_disk / "w.pt", {"w": torch.from_numpy(noise)})
+    for error, name in ((shard_error.value, "s.h5"), (torch_error.value, "w.pt")):
+        assert error.errno == errno.ENOSPC and error.filename == str(tiny_disk / name)
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["finished.json"]
+    assert io.read_json(finished) == {"kept": True}

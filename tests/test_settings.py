@@ -245,6 +245,10 @@ def test_output_dir_error(tmp_path: Path) -> None:
         assert error and message in error and f"'{output_dir}'" in error, output_dir
     for fine in ("results", "runs/a b", str(checkout / "results"), str(tmp_path / "elsewhere")):
         assert settings.output_dir_error(fine, work, checkout) is None, fine
+        assert settings.output_dir_error(fine, work, checkout, "VOC2012") is None, fine
+    for inside in ("VOC2012", "VOC2012/results", str(work / "VOC2012" / "SegmentationClass")):
+        error = settings.output_dir_error(inside, work, checkout, "VOC2012")
+        assert error and "inside the dataset folder 'VOC2012'" in error, inside
 
 
 def test_config_file_error_names_the_file_and_line(tmp_path: Path) -> None:

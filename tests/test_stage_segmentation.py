@@ -177,6 +177,7 @@ def test_predict_bad_input_is_one_line(trained, tmp_path: Path) -> None:
         "'weights' is a required property": lambda d: d.pop("weights"),
         "key 'input.mean': [0.5] is too short": lambda d: d["input"].update(mean=[0.5]),
         "key 'classes': 'cat' is not of type 'array'": lambda d: d.update(classes="cat"),
+        "key 'backbone': 'resnet99' is not one of": lambda d: d.update(backbone="resnet99"),
     }
     for message, damage in damages.items():
         damaged = json.loads((trained["model"] / MODEL_FILE).read_text())

@@ -83,25 +83,60 @@ class TrainingFiles:
     out: Path = file_option("trained weights to write (.pt)")
 
 
+def _is_output(name: str) -> bool:
+    return name in ("out", "checkpoint") or name.startswith("out_")
+
+
 def output_paths(arguments: Mapping[str, Any]) -> list[Path]:
     """What a driver writes, from its keywords: every `out` / `out_*` path, also inside a
     group of files, and a training's `checkpoint`."""
-    items = list(arguments.items())
-    for value in arguments.values():
+    return [path for name, path in _paths(arguments) if _is_output(name)]
+
+
+def _paths(arguments: Mapping[str, Any]) -> Iterator[tuple[str, Path]]:
+    """(name, path) of every path among a driver's keywords, groups of files opened up."""
+    for name, value in arguments.items():
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            items += [(f.name, getattr(value, f.name)) for f in dataclasses.fields(value)]
-    return [
-        Path(value)
-        for name, value in items
-        if isinstance(value, Path) and (name in ("out", "checkpoint") or name.startswith("out_"))
-    ]
+            yield from _paths({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+        elif isinstance(value, Path):
+            yield name, value
+        elif isinstance(value, (list, tuple)):
+            yield from ((name, v) for v in value if isinstance(v, Path))
+
+
+def check_outputs_spare_inputs(arguments: Mapping[str, Any], fills_folders: bool = False) -> None:
+    """PsaError unless every output of a driver call leaves its inputs alone: an output
+    may not be an input, nor a folder that holds one (a folder output is replaced
+    whole), nor lie inside the dataset folder (`root`), whose masks and lists a
+    replaced folder could take with it. A driver that writes files into its output
+    folder instead of replacing it (`fills_folders`, `psa predict`) checks the
+    names it writes itself."""
+    outputs = {path.resolve(): path for path in output_paths(arguments)}
+    inputs = [(name, path) for name, path in _paths(arguments) if not _is_output(name)]
+    for resolved, out in outputs.items():
+        for name, path in inputs:
+            flag = f"--{name.replace('_', '-')}"
+            if resolved == path.resolve():
+                raise PsaError(f"{out}: is also an input ({flag}); write the output elsewhere")
+            if not fills_folders and resolved in path.resolve().parents:
+                raise PsaError(
+                    f"{out}: holds the input {path} ({flag}), which writing it would replace; "
+                    "write the output elsewhere"
+                )
+            if name == "root" and resolved.is_relative_to(path.resolve()):
+                raise PsaError(
+                    f"{out}: is inside the dataset folder {path} ({flag}); write outputs "
+                    "outside it (an output_dir outside dataset.root)"
+                )
 
 
 @contextlib.contextmanager
-def outputs_held(arguments: Mapping[str, Any]) -> Iterator[None]:
-    """Hold the OS lock of every output of a driver call (`io.output_lock`) for the block:
-    one job per output at a time, whatever happened to Snakemake's own locks. With the
-    locks held, what a killed run of the same job left beside its outputs is removed."""
+def outputs_held(arguments: Mapping[str, Any], fills_folders: bool = False) -> Iterator[None]:
+    """Check that the outputs of a driver call spare its inputs, then hold the OS lock of
+    every output (`io.output_lock`) for the block: one job per output at a time, whatever
+    happened to Snakemake's own locks. With the locks held, what a killed run of the
+    same job left beside its outputs is removed."""
+    check_outputs_spare_inputs(arguments, fills_folders)
     with contextlib.ExitStack() as held:
         for path in output_paths(arguments):
             held.enter_context(io.output_lock(path))

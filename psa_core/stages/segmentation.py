@@ -294,3 +294,6 @@ def predict(
             io.write_image(out / f"{path.stem}.jpg", overlay_mask(image, mask))
             del image
     log.info("%d masks written to %s", len(paths), out)
+
+
+predict.fills_folders = True  # its --out folder is written into, never replaced whole

@@ -30,8 +30,8 @@ def check_config(config):
         sys.exit(f"config: {str(exc).removeprefix('settings: ')}; fix it in config.yaml")
     config.clear()
     config.update(complete)
-    checkout = Path(workflow.basedir)
-    if where := psa_settings.output_dir_error(config["output_dir"], Path.cwd(), checkout):
+    checkout, root = Path(workflow.basedir), config["dataset"]["root"]
+    if where := psa_settings.output_dir_error(config["output_dir"], Path.cwd(), checkout, root):
         sys.exit(f"config: key 'output_dir': {where}; fix it in config.yaml or --config")
     if config["dataset"]["val_split"] == config["dataset"]["train_split"]:
         sys.exit(
