@@ -114,8 +114,9 @@ def index_split(
     """
     root = voc.check_root(root)
     list_file = voc.image_list_path(root, split)
+    names = voc.read_image_list(root, split)  # its errors name the list already
     try:
-        names = select_shard(voc.read_image_list(root, split), shard, shard_size)
+        names = select_shard(names, shard, shard_size)
     except PsaError as exc:
         raise PsaError(f"{list_file}: {exc}") from None
     labels: dict[str, np.ndarray] = {}
