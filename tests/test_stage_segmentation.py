@@ -212,6 +212,14 @@ def test_predict_never_writes_over_its_input_images(
                "--out", str(one), "--device", "cpu")  # fmt: skip
     assert proc.returncode == 2 and "is an input image" in proc.stderr
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    if suffix == ".jpg":  # masks (.png) beside JPEG inputs replace nothing: allowed
+        proc = psa("predict", "--model", str(trained["model"]), "--images", str(folder),
+                   "--out", str(folder), "--device", "cpu")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        assert {p.name: p.read_bytes() for p in folder.glob("*.jpg")} == before
+        assert sorted(p.stem for p in folder.glob("*.png")) == sorted(
+            p.stem for p in folder.glob("*.jpg")
+        )
 
 
 def test_large_images_are_segmented_at_the_working_size(trained, tmp_path: Path) -> None:

@@ -104,13 +104,11 @@ def _paths(arguments: Mapping[str, Any]) -> Iterator[tuple[str, Path]]:
             yield from ((name, v) for v in value if isinstance(v, Path))
 
 
-def check_outputs_spare_inputs(arguments: Mapping[str, Any], fills_folders: bool = False) -> None:
+def check_outputs_spare_inputs(arguments: Mapping[str, Any]) -> None:
     """PsaError unless every output of a driver call leaves its inputs alone: an output
     may not be an input, nor a folder that holds one (a folder output is replaced
     whole), nor lie inside the dataset folder (`root`), whose masks and lists a
-    replaced folder could take with it. A driver that writes files into its output
-    folder instead of replacing it (`fills_folders`, `psa predict`) checks the
-    names it writes itself."""
+    replaced folder could take with it."""
     outputs = {path.resolve(): path for path in output_paths(arguments)}
     inputs = [(name, path) for name, path in _paths(arguments) if not _is_output(name)]
     for resolved, out in outputs.items():
@@ -118,7 +116,7 @@ def check_outputs_spare_inputs(arguments: Mapping[str, Any], fills_folders: bool
             flag = f"--{name.replace('_', '-')}"
             if resolved == path.resolve():
                 raise PsaError(f"{out}: is also an input ({flag}); write the output elsewhere")
-            if not fills_folders and resolved in path.resolve().parents:
+            if resolved in path.resolve().parents:
                 raise PsaError(
                     f"{out}: holds the input {path} ({flag}), which writing it would replace; "
                     "write the output elsewhere"
@@ -135,8 +133,13 @@ def outputs_held(arguments: Mapping[str, Any], fills_folders: bool = False) -> I
     """Check that the outputs of a driver call spare its inputs, then hold the OS lock of
     every output (`io.output_lock`) for the block: one job per output at a time, whatever
     happened to Snakemake's own locks. With the locks held, what a killed run of the
-    same job left beside its outputs is removed."""
-    check_outputs_spare_inputs(arguments, fills_folders)
+    same job left beside its outputs is removed.
+
+    A driver that writes files into its output folder rather than replacing it
+    (`fills_folders`: `psa predict`, whose --out may be its images' folder)
+    checks the names it writes itself."""
+    if not fills_folders:
+        check_outputs_spare_inputs(arguments)
     with contextlib.ExitStack() as held:
         for path in output_paths(arguments):
             held.enter_context(io.output_lock(path))
