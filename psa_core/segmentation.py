@@ -151,8 +151,11 @@ def multiscale_softmax(
     return total.cpu().numpy()
 
 
-def size_batches(images: Sequence[np.ndarray], batch_size: int) -> Iterator[list[int]]:
-    """Indices of runs of consecutive images of one size, at most `batch_size` long.
+def size_batches(
+    images: Sequence[np.ndarray], batch_size: int, max_pixels: int | None = None
+) -> Iterator[list[int]]:
+    """Indices of runs of consecutive images of one size, at most `batch_size` long and,
+    with `max_pixels`, at most that many pixels together (one image at least).
 
     `multiscale_softmax` takes one size per call; a list sorted by size
     batches best, any order gives the same probabilities.
@@ -161,7 +164,9 @@ def size_batches(images: Sequence[np.ndarray], batch_size: int) -> Iterator[list
         raise PsaError(f"batch size {batch_size}: must be at least 1")
     batch: list[int] = []
     for index, image in enumerate(images):
-        if batch and (len(batch) == batch_size or image.shape != images[batch[0]].shape):
+        pixels = (len(batch) + 1) * image.shape[0] * image.shape[1]
+        full = len(batch) == batch_size or (max_pixels is not None and pixels > max_pixels)
+        if batch and (full or image.shape != images[batch[0]].shape):
             yield batch
             batch = []
         batch.append(index)
@@ -173,6 +178,11 @@ def probs_to_mask(probs: np.ndarray) -> np.ndarray:
     """(C, H, W) probabilities → (H, W) uint8 class indices (first maximum on ties)."""
     return np.asarray(probs).argmax(axis=0).astype(np.uint8)
 
+
+BATCH_IMAGE_PIXELS = 512 * 512
+"""Pixels an image of a full inference batch may have: `batch_size` VOC images (500 x 375)
+share a pass, working-size photos (1024 x 768) go one at a time, so a pass's memory is
+bounded by the batch size, not by the image size (docs/design.md §1.8)."""
 
 OVERLAY_ROWS = 256
 """Rows blended at a time: the float32 temporaries of a 12-megapixel overlay stay ~12 MB."""
@@ -496,8 +506,8 @@ def segment_images(
 
     `infer` (the `segmentation.infer` section) gives the scales, the flip and
     the batch size: images of one size go through the network together, up to
-    `infer.batch_size` a pass (`size_batches`; the probabilities do not depend
-    on the batching). With `infer.crf` each image's probabilities are refined by the dense CRF
+    `infer.batch_size` a pass and `infer.batch_size · BATCH_IMAGE_PIXELS` pixels
+    (`size_batches`; the probabilities do not depend on the batching). With `infer.crf` each image's probabilities are refined by the dense CRF
     (`psa_core.crf.crf_inference`, PSA's kernels) before the argmax.
 
     An image whose longest side exceeds `max_side` (None: no limit) is
@@ -526,7 +536,8 @@ def segment_images(
                 del image
             order = sorted(range(len(chunk)), key=lambda i: images[i].shape)
             masks: dict[int, np.ndarray] = {}
-            for batch in size_batches([images[i] for i in order], batch_size):
+            by_size = [images[i] for i in order]
+            for batch in size_batches(by_size, batch_size, batch_size * BATCH_IMAGE_PIXELS):
                 picked = [order[i] for i in batch]
                 probs = multiscale_softmax(
                     model, [images[i] for i in picked], scales, flip=flip, amp_dtype=amp_dtype

@@ -435,7 +435,9 @@ class SegmentationInferSettings:
     )
     flip: bool = setting(True, "Also average over the mirror images.")
     crf: bool = setting(False, "Dense-CRF post-processing of the probabilities (PSA's kernels).")
-    batch_size: int = setting(4, "Images of one size per forward pass.", minimum=1)
+    batch_size: int = setting(
+        4, "Images of one size per forward pass (fewer when larger than 512x512 px).", minimum=1
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -293,3 +293,11 @@ def test_crf_post_processing_refines_the_fused_probabilities(model, tmp_path) ->
     np.testing.assert_array_equal(plain, probs_to_mask(probs))
     np.testing.assert_array_equal(refined, probs_to_mask(crf_inference(image, probs)))
     assert refined.shape == image.shape[:2]
+
+
+def test_size_batches_keeps_a_pass_within_a_pixel_budget() -> None:
+    """Large images share a pass with fewer others; one too large for the budget goes alone."""
+    images = [np.zeros((4, 4, 3))] * 3 + [np.zeros((8, 8, 3))] * 2
+    assert list(size_batches(images, 8, max_pixels=32)) == [[0, 1], [2], [3], [4]]
+    assert list(size_batches(images, 8, max_pixels=64)) == [[0, 1, 2], [3], [4]]
+    assert list(size_batches(images, 2, max_pixels=10**6)) == [[0, 1], [2], [3, 4]]
