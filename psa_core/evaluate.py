@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from psa_core.cam import top_class
 from psa_core.constants import BACKGROUND_INDEX, IGNORE_INDEX
 from psa_core.errors import PsaError
 from psa_core.io import atomic_path, write_json
-from psa_core.metrics import as_class_indices, confusion_matrix, iou
+from psa_core.metrics import as_class_indices, confusion_matrix, iou, top_class
 from psa_core.settings import CamEvaluateSettings
 
 PUBLISHED_BG_THRESHOLD = CamEvaluateSettings.bg_threshold

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from psa_core.constants import IGNORE_INDEX
+from psa_core.constants import BACKGROUND_INDEX, IGNORE_INDEX
 from psa_core.errors import PsaError
 
 
@@ -97,3 +97,40 @@ def as_class_indices(values: np.ndarray, num_classes: int, what: str) -> np.ndar
             "check num_classes and the ignore index"
         )
     return values
+
+
+def top_class(cams: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best class per pixel, before the background decision.
+
+    Args:
+        cams: (C, H, W) float maps of the present classes (C may be 0).
+        class_ids: (C,) 0-based class ids of the maps.
+
+    Returns:
+        (score, index): (H, W) float32 max over the maps (-inf where C = 0)
+        and (H, W) uint8 segmentation index (class id + 1) of the first
+        maximising map (BACKGROUND_INDEX where C = 0).
+    """
+    cams = np.asarray(cams)
+    class_ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+    if cams.ndim != 3:
+        raise PsaError(f"CAMs have shape {cams.shape}; expected (C, H, W)")
+    if class_ids.shape[0] != cams.shape[0]:
+        raise PsaError(
+            f"CAMs have {cams.shape[0]} maps but {class_ids.shape[0]} class ids; they must match"
+        )
+    if class_ids.size and (class_ids.min() < 0 or class_ids.max() + 1 >= IGNORE_INDEX):
+        raise PsaError(
+            f"class ids {class_ids.tolist()}: each must be in [0, {IGNORE_INDEX - 1}) (0-based)"
+        )
+    height, width = cams.shape[1:]
+    if cams.shape[0] == 0:
+        return (
+            np.full((height, width), -np.inf, dtype=np.float32),
+            np.full((height, width), BACKGROUND_INDEX, dtype=np.uint8),
+        )
+    cams = cams.astype(np.float32, copy=False)
+    best = cams.argmax(axis=0)
+    score = np.take_along_axis(cams, best[None], axis=0)[0]
+    lut = (class_ids + 1).astype(np.uint8)
+    return score, lut[best]

@@ -10,15 +10,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageEnhance
 
 from psa_core.constants import IGNORE_INDEX
 from psa_core.errors import PsaError
 from psa_core.settings import CamSettings, ColorJitter, TrainSettings
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class Normalization:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, H, W) float RGB in [0, 255] -> normalised, same shape."""
+        import torch  # here: the evaluation jobs resize with this module, without torch
+
         mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
         x = (images - mean) / std
