@@ -5,14 +5,10 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from psa_core import io
 from psa_core.data import write_labels
@@ -21,8 +17,6 @@ from tests.cli_helpers import psa, psa_in_process
 from tests.train_helpers import NUM_CLASSES, write_dataset
 
 CLASSES = [f"class{i}" for i in range(NUM_CLASSES)]
-
-
 
 
 def test_help_lists_every_subcommand() -> None:
@@ -116,63 +110,6 @@ def test_missing_weights_file_is_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2 and "nope.pt" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "s.h5").exists()
-
-
-@pytest.mark.slow
-def test_train_cam_killed_by_sigterm_resumes_to_the_same_weights(tmp_path: Path) -> None:
-    """SIGTERM to a real `psa train-cam`, rerun the same command: same weights as one run."""
-    root = tmp_path / "data"
-    names, labels = write_dataset(root, n=16)
-    write_labels(tmp_path / "labels.json", CLASSES, labels)
-    (tmp_path / "images.txt").write_text("\n".join(names) + "\n")
-    epochs = 10  # 4 steps an epoch: 40 steps, the signal comes after step 20
-
-    def command(out: Path) -> list[str]:
-        return [
-            sys.executable, "-m", "psa_core", "train-cam", "--root", str(root),
-            "--images", str(tmp_path / "images.txt"), "--labels", str(tmp_path / "labels.json"),
-            "--backbone", "tiny", "--epochs", str(epochs), "--batch-size", "4", "--lr", "0.01",
-            "--crop-size", "32", "--resize-long", "24", "40", "--seed", "3", "--device", "cpu",
-            "--threads", "1", "--checkpoint", str(out / "ckpt.pt"),
-            "--out-log", str(out / "log.csv"), "--out", str(out / "weights.pt"),
-        ]  # fmt: skip
-
-    out = tmp_path / "run"
-    victim = subprocess.Popen(command(out), stderr=subprocess.PIPE, text=True)
-    partial_log = out / "log.csv.partial"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and victim.poll() is None:
-        if partial_log.is_file() and len(partial_log.read_text().splitlines()) >= 3:
-            break  # header + two rows of 10 steps
-        time.sleep(0.01)
-    assert victim.poll() is None, "training ended before the signal: " + victim.stderr.read()
-    victim.send_signal(signal.SIGTERM)
-    stderr = victim.communicate(timeout=120)[1]
-    assert victim.returncode == 128 + signal.SIGTERM, stderr
-    assert (out / "ckpt.pt").is_file() and partial_log.is_file()
-    assert not (out / "weights.pt").exists() and not (out / "log.csv").exists()
-
-    resumed = subprocess.run(command(out), capture_output=True, text=True, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming from" in resumed.stderr
-    reference = subprocess.run(
-        command(tmp_path / "reference"), capture_output=True, text=True, timeout=300
-    )
-    assert reference.returncode == 0, reference.stderr
-
-    ours, theirs = (
-        io.load_torch(out / "weights.pt"),
-        io.load_torch(tmp_path / "reference/weights.pt"),
-    )
-    assert ours.keys() == theirs.keys()
-    for key in ours:
-        assert torch.equal(ours[key], theirs[key]), key
-    assert not (out / "ckpt.pt").exists() and not partial_log.exists()
-    rows = (out / "log.csv").read_text().splitlines()[1:]
-    steps = [int(row.split(",")[0]) for row in rows if ",train," in row]
-    assert steps == sorted(set(steps)) and steps[-1] == epochs * 4  # no gap rows, no repeats
-    reference_rows = (tmp_path / "reference" / "log.csv").read_text().splitlines()[1:]
-    assert steps == [int(row.split(",")[0]) for row in reference_rows if ",train," in row]
 
 
 # -- outputs: one job at a time, a killed run's leftovers, the system's errors ------------

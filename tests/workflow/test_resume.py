@@ -38,10 +38,10 @@ from tests.workflow.conftest import (
     write_config,
 )
 
-AFFINITY_EPOCHS = 30
-"""60 steps of 4 images (2 an epoch, a log row each) on the shared run's 8 training
-images: several seconds of training on 2 idle CPU cores (a minute or more on a
-loaded box), so the signal after LOGGED_ROWS rows comes well before the end."""
+AFFINITY_EPOCHS = 16
+"""32 steps of 4 images (2 an epoch, a log row each) on the shared run's 8 training
+images: a few seconds of training on 2 idle CPU cores, so the signal after
+LOGGED_ROWS rows (step 4) comes well before the end."""
 
 LOGGED_ROWS = 2
 """Data rows in the partial training log before the signal: training is under way."""
