@@ -215,7 +215,7 @@ def list_images(source: Path) -> list[Path]:
     return paths
 
 
-def check_outputs_spare_inputs(paths: Sequence[Path], out: Path, overlay: bool) -> None:
+def check_predictions_spare_images(paths: Sequence[Path], out: Path, overlay: bool) -> None:
     """PsaError unless writing NAME.png (and NAME.jpg) into `out` leaves every input image
     alone: `out` must not be an input image, and no mask or overlay may land on one."""
     inputs = {p.resolve() for p in paths}
@@ -269,7 +269,7 @@ def predict(
             f"two input images are named '{clash}' (different folders or suffixes); their masks "
             "would overwrite each other: rename one or segment them separately"
         )
-    check_outputs_spare_inputs(paths, out, overlay)
+    check_predictions_spare_images(paths, out, overlay)
     net, description = load_model_folder(model, run.device)
     settings = section_from("segmentation.infer", {**description["inference"], **infer})
     max_side = _max_side(dataset, description)
