@@ -409,7 +409,7 @@ class AffinityTrainDataset(Dataset):
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        images: str | os.PathLike | Mapping[str, Path],
         names: Sequence[str],
         shards: Mapping[str, Path],
         transform: AffinityTrainTransform,
@@ -419,7 +419,7 @@ class AffinityTrainDataset(Dataset):
         if not names:
             raise PsaError("training set: the image list is empty; check the split")
         self.names = list(names)
-        self.paths = image_paths(root, self.names)
+        self.paths = image_paths(images, self.names)
         self.shards = [Path(shards[n]) for n in self.names]
         self._check_sizes()
         self.transform = transform
@@ -485,7 +485,7 @@ def affinity_pair_loss(
 
 def fit_affinity(
     model: nn.Module,
-    root: str | os.PathLike,
+    images: str | os.PathLike | Mapping[str, Path],
     names: Sequence[str],
     shards: Mapping[str, Path],
     settings: AffinitySettings,
@@ -505,5 +505,5 @@ def fit_affinity(
             checkpoint_path, log_csv, device, …).
     """
     transform = training_transform(AffinityTrainTransform, model.normalization, settings)
-    dataset = AffinityTrainDataset(root, names, shards, transform, seed, model.radius)
+    dataset = AffinityTrainDataset(images, names, shards, transform, seed, model.radius)
     return train(model, dataset, affinity_pair_loss, settings, seed=seed, **loop)

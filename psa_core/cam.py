@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -179,14 +180,14 @@ class _LabelledImages(Dataset):
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        images: str | os.PathLike | Mapping[str, Path],
         names: Sequence[str],
         labels: Mapping[str, np.ndarray],
         transform: Any,
     ):
         check_names(names, labels, self.what)
         self.names = list(names)
-        self.paths = image_paths(root, self.names)
+        self.paths = image_paths(images, self.names)
         self.labels = [np.asarray(labels[n], dtype=np.float32) for n in self.names]
         self.transform = transform
 
@@ -205,8 +206,8 @@ class CamTrainDataset(_LabelledImages):
 
     what = "training set"
 
-    def __init__(self, root, names, labels, transform: CamTrainTransform, seed: int) -> None:
-        super().__init__(root, names, labels, transform)
+    def __init__(self, images, names, labels, transform: CamTrainTransform, seed: int) -> None:
+        super().__init__(images, names, labels, transform)
         self.seed = seed
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,7 +255,7 @@ def multilabel_soft_margin_loss(
 
 def fit_cam(
     model: nn.Module,
-    root: str | os.PathLike,
+    images: str | os.PathLike | Mapping[str, Path],
     names: Sequence[str],
     labels: Mapping[str, np.ndarray],
     settings: CamSettings,
@@ -269,7 +270,8 @@ def fit_cam(
     Args:
         model: a CAM model (`create_model(backbone, "cam", K)`), initial
             weights loaded; `model.normalization` is its input convention.
-        root: dataset folder in the VOC layout (root/JPEGImages/NAME.jpg).
+        images: name -> image file (`psa_core.data.listed_files`), or a dataset folder in
+            the VOC layout (root/JPEGImages/NAME.jpg).
         names: training image names; labels: name -> (K,) 0/1 array (every
             training and validation name must be present).
         settings: the `cam` section (optimiser, augmentation; defaults published).
@@ -280,12 +282,12 @@ def fit_cam(
             checkpoint_path, log_csv, device, …).
     """
     transform = training_transform(CamTrainTransform, model.normalization, settings)
-    dataset = CamTrainDataset(root, names, labels, transform, seed)
+    dataset = CamTrainDataset(images, names, labels, transform, seed)
     val_dataset = None
     if val_names:
         crop_size = val_crop_size or settings.crop_size
         val_dataset = CamEvalDataset(
-            root, val_names, labels, CenterCropTransform(model.normalization, crop_size)
+            images, val_names, labels, CenterCropTransform(model.normalization, crop_size)
         )
     return train(
         model,

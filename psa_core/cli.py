@@ -32,7 +32,18 @@ from typing import Any
 
 from psa_core import __version__, settings
 from psa_core.errors import PsaError, TrainingInterrupted
-from psa_core.stages import affinity, cam, common, config, data, random_walk, report, segmentation
+from psa_core.stages import (
+    affinity,
+    cam,
+    coco,
+    common,
+    config,
+    data,
+    external_cams,
+    random_walk,
+    report,
+    segmentation,
+)
 
 EXIT_USER_ERROR = 2
 EXIT_SYSTEM_ERROR = 1
@@ -43,9 +54,13 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "config-schema": config.print_schema,
     "synth": data.synth,
     "index": data.index,
+    "coco-split": coco.coco_split,
     "train-cam": cam.train_cam,
     "infer-cam": cam.infer_cam,
     "evaluate-cam": cam.evaluate_cam,
+    "external-cams": external_cams.external_cams,
+    "export-cams": external_cams.export_cams,
+    "import-cams": external_cams.import_cams,
     "crf-labels": affinity.crf_labels,
     "evaluate-crf-labels": affinity.evaluate_crf_labels,
     "train-affinity": affinity.train_affinity,

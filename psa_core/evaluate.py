@@ -355,7 +355,11 @@ class MaskQuality(_ImageCounts):
 
     def result(self) -> dict[str, Any]:
         """JSON-ready: num_images, num_classes, miou, per_class_iou."""
-        return {"num_images": self.num_images, "num_classes": self.num_classes, **self._iou(self.conf)}
+        return {
+            "num_images": self.num_images,
+            "num_classes": self.num_classes,
+            **self._iou(self.conf),
+        }
 
 
 def write_mask_report(
@@ -451,7 +455,21 @@ def write_sweep_report(
 SUMMARY_COLUMNS = ("split", "stage", "setting", "miou", "note")
 
 
-def summary_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+NO_GROUND_TRUTH = "no ground truth: no image of this split has a mask"
+NOT_EVALUATED = "not evaluated: dataset.eval_splits is empty"
+
+
+def _scored_note(result: dict[str, Any]) -> str:
+    """`; scored on N of M images` when only some of a split's images have masks."""
+    listed = result.get("listed_images")
+    if listed is None or listed == result["num_images"]:
+        return ""
+    return f"; scored on the {result['num_images']} of {listed} images with a mask"
+
+
+def summary_rows(
+    results: dict[str, dict[str, dict[str, Any]]], no_ground_truth: Sequence[str] = ()
+) -> list[dict[str, Any]]:
     """The CAM → CRF labels → random walk → segmentation network table:
     rows of `SUMMARY_COLUMNS` per split.
 
@@ -459,45 +477,56 @@ def summary_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str
         results: split → {"cam": evaluate_cams result, "crf": CrfLabelQuality
             result, "walk": SweepConfusion result of the walk, and optionally
             "seg": MaskQuality result of the segmentation network}.
+        no_ground_truth: splits without any mask: one row each saying so. With
+            neither results nor such splits, one row says nothing was evaluated.
     """
     rows = []
+    for split in no_ground_truth:
+        rows.append(
+            {"split": split, "stage": "all", "setting": "", "miou": None, "note": NO_GROUND_TRUTH}
+        )
+    if not results and not no_ground_truth:
+        rows.append(
+            {"split": "", "stage": "all", "setting": "", "miou": None, "note": NOT_EVALUATED}
+        )
     for split, stages in results.items():
         cam, crf, walk = stages["cam"], stages["crf"], stages["walk"]
+        scored = _scored_note(cam)
         rows += [
             {
                 "split": split,
                 "stage": "CAM",
                 "setting": f"bg threshold {cam['published_threshold']}",
                 "miou": cam["published_miou"],
-                "note": "published threshold",
+                "note": f"published threshold{scored}",
             },
             {
                 "split": split,
                 "stage": "CAM",
                 "setting": f"bg threshold {cam['best_threshold']}",
                 "miou": cam["best_miou"],
-                "note": "best threshold of the sweep (chosen on ground truth)",
+                "note": f"best threshold of the sweep (chosen on ground truth){scored}",
             },
             {
                 "split": split,
                 "stage": "CRF labels",
                 "setting": "labelled pixels only",
                 "miou": crf["miou"],
-                "note": f"{_pct(crf['uncertain_fraction'])} of pixels left uncertain",
+                "note": f"{_pct(crf['uncertain_fraction'])} of pixels left uncertain{scored}",
             },
             {
                 "split": split,
                 "stage": "random walk",
                 "setting": f"alpha {_fmt(walk['published_value'])}",
                 "miou": walk["published_miou"],
-                "note": "configured alpha (the masks written)",
+                "note": f"configured alpha (the masks written){scored}",
             },
             {
                 "split": split,
                 "stage": "random walk",
                 "setting": f"alpha {_fmt(walk['best_value'])}",
                 "miou": walk["best_miou"],
-                "note": "best alpha of the sweep (chosen on ground truth)",
+                "note": f"best alpha of the sweep (chosen on ground truth){scored}",
             },
         ]
         if "seg" in stages:
@@ -507,7 +536,7 @@ def summary_rows(results: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str
                     "stage": "segmentation network",
                     "setting": "trained on the random-walk masks",
                     "miou": stages["seg"]["miou"],
-                    "note": "no image-level labels at inference",
+                    "note": f"no image-level labels at inference{scored}",
                 }
             )
     return rows

@@ -409,7 +409,7 @@ class SegTrainDataset(Dataset):
 
     def __init__(
         self,
-        root: str | os.PathLike,
+        images: str | os.PathLike | Mapping[str, Path],
         names: Sequence[str],
         masks: str | os.PathLike,
         transform: SegTrainTransform,
@@ -418,7 +418,7 @@ class SegTrainDataset(Dataset):
         if not names:
             raise PsaError("training set: the image list is empty; check the split")
         self.names = list(names)
-        self.paths = image_paths(root, self.names)
+        self.paths = image_paths(images, self.names)
         self.mask_paths = [Path(masks) / f"{name}.png" for name in self.names]
         missing = [p for p in self.mask_paths if not p.is_file()]
         if missing:
@@ -467,7 +467,7 @@ def segmentation_loss(
 
 def fit_seg(
     model: nn.Module,
-    root: str | os.PathLike,
+    images: str | os.PathLike | Mapping[str, Path],
     names: Sequence[str],
     masks: str | os.PathLike,
     settings: SegmentationSettings,
@@ -479,14 +479,15 @@ def fit_seg(
 
     Args:
         model: `create_model(backbone, "seg", K)`, initial weights loaded.
-        root: dataset folder in the VOC layout (root/JPEGImages/NAME.jpg).
+        images: name -> image file (`psa_core.data.listed_files`), or a dataset folder in
+            the VOC layout (root/JPEGImages/NAME.jpg).
         names: training images; masks: folder of NAME.png class-index masks.
         settings: the `segmentation` section (defaults: DeepLab-LargeFOV's solver).
         seed: data order, augmentation, dropout.
         loop: the other keywords of `psa_core.training.train`.
     """
     transform = training_transform(SegTrainTransform, model.normalization, settings)
-    dataset = SegTrainDataset(root, names, masks, transform, seed)
+    dataset = SegTrainDataset(images, names, masks, transform, seed)
     return train(model, dataset, segmentation_loss, settings, seed=seed, **loop)
 
 

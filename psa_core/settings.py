@@ -50,6 +50,9 @@ def setting(default: Any, description: str, *, cli: bool = True, **schema: Any) 
 
 
 _SPLIT_NAME = r"^[A-Za-z0-9_-]+$"
+_CLASS_NAME = r"^[^;\s]([^;\t\r\n]*[^;\s])?$"
+"""A class name: no `;` (the tag separator of a sample sheet), no tab or line break, no
+space at either end (COCO's "traffic light" is one)."""
 _UNIT = {"minimum": 0, "maximum": 1}
 _POSITIVE = {"exclusiveMinimum": 0}
 
@@ -108,23 +111,43 @@ class DatasetSettings:
 
     kind: str = setting(
         "synthetic",
-        "synthetic = generate the built-in dataset; voc = an existing folder in the VOC 2012 "
-        "devkit layout.",
+        "synthetic = generate the built-in dataset; voc = a folder in the VOC 2012 devkit "
+        "layout; sheet = images listed in a sample sheet (dataset.sheet); coco = a COCO-format "
+        "dataset (dataset.coco_annotations, dataset.coco_images).",
         cli=False,
-        enum=["synthetic", "voc"],
+        enum=["synthetic", "voc", "sheet", "coco"],
     )
     root: str | None = setting(
         None,
-        "Dataset folder for kind voc; null for synthetic (generated into <output_dir>/synthetic).",
+        "Dataset folder: the VOC folder (voc), the folder the sheet's paths are relative to "
+        "(sheet), the COCO folder (coco); null for synthetic (generated into "
+        "<output_dir>/synthetic).",
+        cli=False,
+    )
+    sheet: str | None = setting(
+        None,
+        "Sample sheet of kind sheet: a CSV/TSV with columns image, tags, split and optional "
+        "mask (psa_core/data/sheet.py).",
+        cli=False,
+    )
+    coco_annotations: str = setting(
+        "annotations/instances_{split}.json",
+        "Kind coco: each split's annotation file, relative to dataset.root ({split} = the split).",
+        cli=False,
+        pattern=r"\{split\}",
+    )
+    coco_images: str = setting(
+        "{split}",
+        "Kind coco: each split's image folder, relative to dataset.root ({split} = the split).",
         cli=False,
     )
     classes: tuple[str, ...] | None = setting(
         None,
-        "Class names in label order; null = <root>/classes.txt if present, else the 20 VOC "
-        "classes.",
+        "Class names in label order; null = voc: <root>/classes.txt if present, else the 20 "
+        "VOC classes; sheet: the sheet's tags, sorted; coco: the categories by id.",
         minItems=1,
         uniqueItems=True,
-        items={"pattern": _SPLIT_NAME},
+        items={"pattern": _CLASS_NAME},
     )
     train_split: str = setting(
         "train",
@@ -141,9 +164,9 @@ class DatasetSettings:
     )
     eval_splits: tuple[str, ...] = setting(
         ("train", "val"),
-        "Splits that get CAMs and are evaluated against ground truth.",
+        "Splits that get CAMs, masks and a gallery, and are scored on the images that have a "
+        "ground-truth mask; [] for none.",
         cli=False,
-        minItems=1,
         uniqueItems=True,
         items={"pattern": _SPLIT_NAME},
     )
@@ -239,6 +262,16 @@ _INIT_FROM_CAM = (
 class CamSettings(TrainSettings):
     """Training of the classification network (docs/design.md §1.1)."""
 
+    source: str = setting(
+        "trained",
+        "trained = train the classifier and infer its CAMs; external = read CAMs another "
+        "method made from cam.external_dir (psa_core/cam_files.py).",
+        cli=False,
+        enum=["trained", "external"],
+    )
+    external_dir: str | None = setting(
+        None, "Folder of NAME.npz CAM files, for cam.source external.", cli=False
+    )
     batch_size: int = setting(16, "Images per SGD step (published 16).", minimum=1)
     epochs: int = setting(15, "Training epochs (published 15).", minimum=1)
     lr: float = setting(0.1, "Base learning rate (published 0.1).", **_POSITIVE)

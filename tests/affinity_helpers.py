@@ -10,7 +10,7 @@ import numpy as np
 
 from psa_core import io
 from psa_core.constants import FEATURE_STRIDE
-from psa_core.data import gt_mask_path, read_labels
+from psa_core.data import gt_mask_path, listed_names, read_labels
 from psa_core.data.synthetic import generate
 from psa_core.settings import DatasetSettings
 from psa_core.stages.common import Shard
@@ -103,4 +103,4 @@ def make_affinity_data(folder: Path) -> AffinityData:
     classes, _ = read_labels(labels)
     cams = folder / "cam" / "shard-0.h5"
     write_cam_shard(cams, cam_scores(root, labels), classes)
-    return AffinityData(root, images, labels, cams, io.read_lines(images), classes)
+    return AffinityData(root, images, labels, cams, listed_names(images), classes)

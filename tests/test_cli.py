@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from psa_core import io
-from psa_core.data import write_labels
+from psa_core.data import listed_names, write_labels
 from psa_core.models import build_model
 from tests.cli_helpers import psa, psa_in_process
 from tests.train_helpers import NUM_CLASSES, write_dataset
@@ -74,13 +74,13 @@ def test_index_of_one_shard(tmp_path: Path) -> None:
         )  # fmt: skip
 
     assert index(tmp_path / "whole").returncode == 0
-    names = io.read_lines(tmp_path / "whole" / "images.txt")
+    names = listed_names(tmp_path / "whole" / "images.txt")
     whole = json.loads((tmp_path / "whole" / "labels.json").read_text())
     for shard, expected in (("0", names[:3]), ("1", names[3:6]), ("2", names[6:])):
         out = tmp_path / f"shard-{shard}"
         proc = index(out, "--shard", shard, "--shard-size", "3")
         assert proc.returncode == 0, proc.stderr
-        assert io.read_lines(out / "images.txt") == expected
+        assert listed_names(out / "images.txt") == expected
         labels = json.loads((out / "labels.json").read_text())
         assert labels["classes"] == whole["classes"]
         assert labels["images"] == {name: whole["images"][name] for name in expected}

@@ -16,7 +16,7 @@ import torch
 from psa_core import io
 from psa_core.affinity import AffinityTrainDataset, crf_stacks_job
 from psa_core.cam import multiscale_cam
-from psa_core.data import gt_mask_path, image_path, read_labels
+from psa_core.data import gt_mask_path, image_path, listed_names, read_labels
 from psa_core.data.synthetic import generate
 from psa_core.models import build_model
 from psa_core.segmentation import SegTrainDataset
@@ -54,7 +54,7 @@ class Run:
         proc = psa("index", "--root", str(self.root), "--split", "train",
                    "--out-images", str(self.images), "--out-labels", str(self.labels))  # fmt: skip
         assert proc.returncode == 0, proc.stderr
-        self.names = io.read_lines(self.images)
+        self.names = listed_names(self.images)
         self.classes, self.label_map = read_labels(self.labels)
         self.weights = {}
         for head in ("cam", "affinity"):

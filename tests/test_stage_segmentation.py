@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from psa_core import io
-from psa_core.data import write_labels
+from psa_core.data import listed_names, write_labels
 from psa_core.segmentation import MODEL_FILE, WEIGHTS_FILE
 from tests.cli_helpers import psa_in_process as psa
 from tests.test_cli import CLASSES
@@ -88,7 +88,7 @@ def test_predict_agrees_with_infer_seg(trained, tmp_path: Path) -> None:
         "--out-masks", str(shard),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    names = trained["images"].read_text().split()
+    names = listed_names(trained["images"])
     assert sorted(p.stem for p in shard.glob("*.png")) == names[5:]
 
     folder = tmp_path / "new_images"

@@ -3,15 +3,20 @@ and the synthetic dataset (docs/design.md §2)."""
 
 from psa_core.data.index import (
     CLASSES_FILE,
+    ImageFiles,
     check_names,
     image_paths,
     index_split,
+    listed_files,
+    listed_names,
     num_shards,
     read_classes,
     read_labels,
     select_shard,
     shard_slice,
     verified_image_size,
+    voc_files,
+    write_image_list,
     write_labels,
 )
 from psa_core.data.synthetic import SYNTHETIC_CLASSES
@@ -30,6 +35,7 @@ from psa_core.data.voc import (
 
 __all__ = [
     "CLASSES_FILE",
+    "ImageFiles",
     "SYNTHETIC_CLASSES",
     "annotation_path",
     "available_splits",
@@ -42,6 +48,8 @@ __all__ = [
     "image_paths",
     "verified_image_size",
     "index_split",
+    "listed_files",
+    "listed_names",
     "labels_from_mask",
     "labels_from_xml",
     "num_shards",
@@ -50,5 +58,7 @@ __all__ = [
     "read_labels",
     "select_shard",
     "shard_slice",
+    "voc_files",
+    "write_image_list",
     "write_labels",
 ]

@@ -1,11 +1,18 @@
-"""Dataset index: image-level labels of a split, the labels artifact, shards.
+"""Dataset index: image-level labels of a split, the labels artifact, the image list, shards.
 
 The labels artifact is plain JSON (no pickles), one per split::
 
     {"classes": ["aeroplane", ...], "images": {"2007_000032": [0, 14], ...}}
 
 `images` maps each name, in list order, to the 0-based ids of the classes
-present. Shards cut the ordered name list into consecutive pieces so that
+present.
+
+The image list artifact (`images.txt`) is the one place later stages learn
+where an image and its ground-truth mask are: one line per image,
+`NAME<TAB>IMAGE<TAB>MASK`, the paths relative to the dataset folder (or
+absolute), MASK empty when the image has none. A line holding only `NAME`
+(a list written by hand) means the VOC layout: `JPEGImages/NAME.jpg` and the
+mask found by `voc.gt_mask_path`. Shards cut the ordered name list into consecutive pieces so that
 inference fans out one job per shard (docs/design.md §2); each shard gets its own
 index (image list + labels), so that a longer list reruns only the shards
 whose names changed.
@@ -13,6 +20,7 @@ whose names changed.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -81,10 +89,85 @@ def verified_image_size(path: Path) -> tuple[int, int]:
     return size
 
 
-def _mask_size(path: Path) -> tuple[int, int]:
-    """(width, height) of a mask after checking that `io.read_mask` accepts it."""
-    height, width = io.read_mask(path).shape
-    return width, height
+def verified_pair(image: Path, mask: Path | None) -> np.ndarray | None:
+    """Check that an existing image decodes (`verified_image_size`) and that its mask, if
+    any, decodes and has the image's size; returns the mask's class indices (or None).
+    PsaError (one line naming the file) otherwise."""
+    width, height = verified_image_size(image)
+    if mask is None:
+        return None
+    indices = io.read_mask(mask)
+    if indices.shape != (height, width):
+        raise PsaError(
+            f"{mask}: mask is {indices.shape[1]}x{indices.shape[0]} but image {image.name} is "
+            f"{width}x{height} (width x height); fix or replace the mask"
+        )
+    return indices
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFiles:
+    """Where an image is, and its ground-truth mask (None: the image has none)."""
+
+    image: Path
+    mask: Path | None
+
+
+def voc_files(root: str | os.PathLike, name: str) -> ImageFiles:
+    """The files of `name` in the VOC layout under `root`."""
+    return ImageFiles(voc.image_path(root, name), voc.gt_mask_path(root, name))
+
+
+LIST_SEPARATOR = "\t"
+
+
+def _relative(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path.resolve())
+
+
+def write_image_list(
+    path: str | os.PathLike, root: str | os.PathLike, files: Mapping[str, ImageFiles]
+) -> None:
+    """Write the image list artifact (see the module docstring), atomically, in `files` order."""
+    root = Path(root)
+    lines = []
+    for name, where in files.items():
+        mask = "" if where.mask is None else _relative(Path(where.mask), root)
+        lines.append(LIST_SEPARATOR.join([name, _relative(Path(where.image), root), mask]))
+    io.write_lines(path, lines)
+
+
+def _list_fields(path: str | os.PathLike) -> list[list[str]]:
+    # read_lines strips each line: an empty MASK takes its tab with it
+    fields = [line.split(LIST_SEPARATOR) for line in io.read_lines(path)]
+    for number, parts in enumerate(fields, start=1):
+        if len(parts) == 2:
+            parts.append("")
+        if len(parts) not in (1, 3) or not parts[0]:
+            raise PsaError(
+                f"{path}, line {number}: not NAME or NAME<TAB>IMAGE<TAB>MASK; delete the file "
+                "and rerun `psa index`"
+            )
+    return fields
+
+
+def listed_names(path: str | os.PathLike) -> list[str]:
+    """The image names of an image list artifact, in list order."""
+    return [parts[0] for parts in _list_fields(path)]
+
+
+def listed_files(path: str | os.PathLike, root: str | os.PathLike) -> dict[str, ImageFiles]:
+    """Name -> its files for every line of an image list artifact, in list order; paths
+    resolved against `root` (a NAME-only line: the VOC layout, `voc_files`)."""
+    root = Path(root)
+    files: dict[str, ImageFiles] = {}
+    for parts in _list_fields(path):
+        if len(parts) == 1:
+            files[parts[0]] = voc_files(root, parts[0])
+        else:
+            name, image, mask = parts
+            files[name] = ImageFiles(root / image, root / mask if mask else None)
+    return files
 
 
 def index_split(
@@ -94,7 +177,7 @@ def index_split(
     *,
     shard: int | None = None,
     shard_size: int | None = None,
-) -> dict[str, np.ndarray]:
+) -> dict[str, tuple[np.ndarray, ImageFiles]]:
     """Check every image of a split (or of one shard of it) and collect its image-level labels.
 
     For each listed name: the image must exist and decode; labels come from
@@ -109,8 +192,9 @@ def index_split(
             both None (the default) for the whole list.
 
     Returns:
-        name -> (K,) uint8 multi-hot, in list order. PsaError (one line naming
-        the file and the fix) at the first bad image or a shard the list lacks.
+        name -> ((K,) uint8 multi-hot, its `ImageFiles`), in list order.
+        PsaError (one line naming the file and the fix) at the first bad image
+        or a shard the list lacks.
     """
     root = voc.check_root(root)
     list_file = voc.image_list_path(root, split)
@@ -119,7 +203,7 @@ def index_split(
         names = select_shard(names, shard, shard_size)
     except PsaError as exc:
         raise PsaError(f"{list_file}: {exc}") from None
-    labels: dict[str, np.ndarray] = {}
+    labels: dict[str, tuple[np.ndarray, ImageFiles]] = {}
     for name in names:
         img_file = voc.image_path(root, name)
         if not img_file.is_file():
@@ -127,20 +211,14 @@ def index_split(
                 f"{img_file}: image listed in {list_file} not found; add the image or remove "
                 "it from the list"
             )
-        width, height = verified_image_size(img_file)
         mask_file = voc.gt_mask_path(root, name)
-        if mask_file is not None:
-            mask_w, mask_h = _mask_size(mask_file)
-            if (mask_w, mask_h) != (width, height):
-                raise PsaError(
-                    f"{mask_file}: mask is {mask_w}x{mask_h} but image {img_file.name} is "
-                    f"{width}x{height}; fix or replace the mask"
-                )
+        mask = verified_pair(img_file, mask_file)
         xml_file = voc.annotation_path(root, name)
+        files = ImageFiles(img_file, mask_file)
         if xml_file.is_file():
-            labels[name] = voc.labels_from_xml(xml_file, classes)
-        elif mask_file is not None:
-            labels[name] = voc.labels_from_mask(io.read_mask(mask_file), len(classes), mask_file)
+            labels[name] = (voc.labels_from_xml(xml_file, classes), files)
+        elif mask is not None:
+            labels[name] = (voc.labels_from_mask(mask, len(classes), mask_file), files)
         else:
             raise PsaError(
                 f"{xml_file}: no annotation and no GT mask for image '{name}' (listed in "
@@ -255,13 +333,25 @@ def check_names(names: Sequence[str], labels: Mapping[str, np.ndarray], what: st
         )
 
 
-def image_paths(root: str | os.PathLike, names: Sequence[str]) -> list[Path]:
-    """The image file of every name, all checked to exist (one error naming the first missing)."""
-    paths = [Path(voc.image_path(root, n)) for n in names]
+def image_paths(images: str | os.PathLike | Mapping[str, Path], names: Sequence[str]) -> list[Path]:
+    """The image file of every name, all checked to exist (one error naming the first missing).
+
+    `images`: name -> image file (from `listed_files`), or a dataset folder in
+    the VOC layout."""
+    if isinstance(images, Mapping):
+        unknown = [n for n in names if n not in images]
+        if unknown:
+            raise PsaError(
+                f"image '{unknown[0]}' is not in the image list ({len(unknown)} missing); rerun "
+                "`psa index` so the image list and the names match"
+            )
+        paths = [Path(images[n]) for n in names]
+    else:
+        paths = [Path(voc.image_path(images, n)) for n in names]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise PsaError(
-            f"{missing[0]}: image not found ({len(missing)} missing under {root}); check the "
-            "dataset root and the image list"
+            f"{missing[0]}: image not found ({len(missing)} missing); check the dataset root "
+            "and the image list"
         )
     return paths

@@ -7,7 +7,10 @@ of its `psa` subcommand (`psa_core.cli.COMMANDS`): settings sections of
 values documented in its docstring's `Args:`.
 
     data.py          synth, index                            (workflow/rules/data.smk)
+    coco.py          coco_split                              (workflow/rules/data.smk)
     cam.py           train_cam, infer_cam, evaluate_cam      (workflow/rules/cam.smk)
+    external_cams.py external_cams                           (workflow/rules/cam.smk);
+                     export_cams, import_cams (by hand)
     affinity.py      crf_labels, evaluate_crf_labels, train_affinity
                                                              (workflow/rules/affinity.smk)
     random_walk.py   random_walk_shard, evaluate_random_walk, export_masks, summarize

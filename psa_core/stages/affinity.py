@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from psa_core import io
-from psa_core.data import gt_mask_path, image_paths
+from psa_core.data import image_paths
 from psa_core.errors import PsaError
 from psa_core.settings import (
     AffinitySettings,
@@ -71,7 +71,7 @@ def crf_labels(
     shapes = io.read_score_shapes(cams)
     images = [  # at the CAMs' size; a corrupt image is reported before any CRF runs
         image_at_size_of(cams, name, shapes[name], io.read_image(path), "CAMs")
-        for name, path in zip(names, image_paths(data.root, names), strict=True)
+        for name, path in zip(names, image_paths(data.image_files(), names), strict=True)
     ]
     class_ids: dict[str, Any] = {}
 
@@ -142,7 +142,8 @@ def evaluate_crf_labels(*, data: LabelledImages, crf: Sequence[Path], reports: R
     from psa_core.evaluate import CrfLabelQuality, write_crf_label_report
     from psa_core.transforms import to_size_of
 
-    classes, names = data.classes(*crf), data.names()
+    classes, masks = data.classes(*crf), data.ground_truth()
+    names = list(masks)
     where = shard_index(crf, names, "CRF")
     quality = CrfLabelQuality(len(classes) + 1)
     wanted = set(names)
@@ -152,12 +153,7 @@ def evaluate_crf_labels(*, data: LabelledImages, crf: Sequence[Path], reports: R
             if name not in wanted:
                 continue
             wanted.discard(name)
-            mask_file = gt_mask_path(data.root, name)
-            if mask_file is None:
-                raise PsaError(
-                    f"{data.root}: no ground-truth mask for '{name}'; evaluate a split that has "
-                    "masks"
-                )
+            mask_file = masks[name]
             full_gt = io.read_mask(mask_file)
             gt = to_size_of(full_gt, stack.shape[-2:], "nearest")
             if gt is None:
@@ -167,7 +163,7 @@ def evaluate_crf_labels(*, data: LabelledImages, crf: Sequence[Path], reports: R
                     "crf_labels for this dataset"
                 )
             quality.add(crf_label_map(stack[LOW], stack[HIGH], class_ids), gt)
-    result = quality.result()
+    result = {**quality.result(), **data.scored_counts(quality.num_images)}
     log.info(
         "CRF labels: fg precision %s recall %s, bg precision %s recall %s, uncertain %s, "
         "mIoU (labelled) %s",
@@ -201,4 +197,4 @@ def train_affinity(
     classes = data.classes(*crf)
     net = model_to_train("affinity", len(classes), files, model, run, radius=affinity.radius)
     shards = shard_index(crf, names, "CRF")
-    fit_affinity(net, data.root, names, shards, affinity, **loop_keywords(files, run))
+    fit_affinity(net, data.image_files(), names, shards, affinity, **loop_keywords(files, run))

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 
 from psa_core import io
-from psa_core.data import check_names, gt_mask_path, image_path, read_labels, select_shard
+from psa_core.data import check_names, read_labels, select_shard
 from psa_core.errors import PsaError
 from psa_core.settings import (
     CamEvaluateSettings,
@@ -65,16 +65,19 @@ def train_cam(
     from psa_core.cam import fit_cam
 
     classes, label_map = read_labels(data.labels)
-    names = io.read_lines(data.images)
-    val_names = None
+    images = data.image_files()
+    names, val_names = list(images), None
     if val_images:
         val_classes, val_label_map = read_labels(val_labels or data.labels)
         if val_classes != classes:
             raise PsaError(f"{val_labels}: classes differ from {data.labels}; rerun `psa index`")
-        val_names = io.read_lines(val_images)
+        val_data = dataclasses.replace(data, images=val_images)
+        val_files = val_data.image_files()
+        val_names = list(val_files)
         label_map = {**val_label_map, **label_map}
+        images = {**val_files, **images}
     net = model_to_train("cam", len(classes), files, model, run)
-    fit_cam(net, data.root, names, label_map, cam, val_names=val_names, **loop_keywords(files, run))
+    fit_cam(net, images, names, label_map, cam, val_names=val_names, **loop_keywords(files, run))
 
 
 def infer_cam(
@@ -108,8 +111,9 @@ def infer_cam(
 
     images = data.images
     classes, label_map = read_labels(data.labels)
+    image_files = data.image_files()
     try:
-        names = select_shard(io.read_lines(images), shard.shard, shard.shard_size)
+        names = select_shard(list(image_files), shard.shard, shard.shard_size)
     except PsaError as exc:
         raise PsaError(f"{images}: {exc}") from None
     check_names(names, label_map, str(images))
@@ -126,7 +130,7 @@ def infer_cam(
     with timed("CAMs", len(names)):
         for name in names:
             label = label_map[name]
-            image = to_working_size(io.read_image(image_path(data.root, name)), dataset.max_side)
+            image = to_working_size(io.read_image(image_files[name]), dataset.max_side)
             cams = multiscale_cam(net, image, label, scales=infer.scales, amp_dtype=amp_dtype)
             present = np.flatnonzero(label > 0)
             # kept in the storage type: a shard's maps wait in memory until it is written
@@ -150,9 +154,10 @@ def infer_cam(
 
 
 def iter_cam_items(
-    root: Path, names: Sequence[str], shards: Sequence[Path]
+    masks: Mapping[str, Path], shards: Sequence[Path]
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (cams (C, h, w), class_ids (C,), gt (h, w) uint8) for every listed image.
+    """Yield (cams (C, h, w), class_ids (C,), gt (h, w) uint8) for every image of `masks`
+    (name -> its ground-truth mask).
 
     The ground truth is brought to the CAMs' size: nearest-neighbour scaled
     when the CAMs are at a working size below the image's (docs/design.md §1.8).
@@ -160,6 +165,7 @@ def iter_cam_items(
     """
     from psa_core.transforms import to_size_of
 
+    names = list(masks)
     stored = {name for shard in shards for name in io.read_score_shard_names(shard)}
     missing = [n for n in names if n not in stored]
     if missing:
@@ -174,11 +180,7 @@ def iter_cam_items(
             if name not in wanted:
                 continue
             wanted.discard(name)  # an image stored twice counts once
-            mask_file = gt_mask_path(root, name)
-            if mask_file is None:
-                raise PsaError(
-                    f"{root}: no ground-truth mask for '{name}'; evaluate a split that has masks"
-                )
+            mask_file = masks[name]
             gt = io.read_mask(mask_file)
             scaled = to_size_of(gt, cams.shape[1:], "nearest")
             if scaled is None:
@@ -206,12 +208,13 @@ def evaluate_cam(
     from psa_core.evaluate import evaluate_cams, write_cam_report
 
     classes, _ = read_labels(data.labels)
-    names = io.read_lines(data.images)
+    masks = data.ground_truth()
     result = evaluate_cams(
-        iter_cam_items(data.root, names, cams),
+        iter_cam_items(masks, cams),
         num_classes=len(classes) + 1,
         thresholds=evaluate.thresholds,
         published_threshold=evaluate.bg_threshold,
     )
+    result.update(data.scored_counts(result["num_images"]))
     log.info("CAM mIoU: %s", {k: v for k, v in result.items() if "miou" in k})
     write_cam_report(result, ["background", *classes], reports.out_json, reports.out_csv, out_svg)

@@ -35,7 +35,44 @@ class ImageList:
 
     def names(self) -> list[str]:
         """The listed image names, in list order."""
-        return io.read_lines(self.images)
+        from psa_core.data import listed_names
+
+        return listed_names(self.images)
+
+    def files(self) -> dict[str, Any]:
+        """Name -> its `psa_core.data.ImageFiles` (image, ground-truth mask or None), in
+        list order: the one place a stage learns where an image and its mask are."""
+        from psa_core.data import listed_files
+
+        return listed_files(self.images, self.root)
+
+    def image_files(self) -> dict[str, Path]:
+        """Name -> its image file, in list order."""
+        return {name: files.image for name, files in self.files().items()}
+
+    def ground_truth(self) -> dict[str, Path]:
+        """Name -> its ground-truth mask, for the listed images that have one (list order).
+
+        An evaluation scores these and records how many of the listed images
+        they are (`scored_counts`). PsaError when no listed image has a mask:
+        the workflow evaluates only splits with masks."""
+        files = self.files()
+        masks = {name: f.mask for name, f in files.items() if f.mask is not None}
+        if not masks:
+            raise PsaError(
+                f"{self.images}: no listed image has a ground-truth mask; evaluate a split "
+                "with masks (add masks, or leave the split out of dataset.eval_splits)"
+            )
+        logging.getLogger("psa").info(
+            "%d of the %d listed images have a ground-truth mask: scoring those",
+            len(masks), len(files),
+        )  # fmt: skip
+        return masks
+
+    def scored_counts(self, scored: int) -> dict[str, int]:
+        """What an evaluation's metrics record of its images: `num_images` scored (those
+        with a ground-truth mask) and `listed_images` of the split."""
+        return {"num_images": scored, "listed_images": len(self.names())}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -233,7 +270,9 @@ def mask_files(folders: Sequence[Path], names: Sequence[str], rule: str) -> dict
 
 def listed_shard_names(shard: Path, images: Path) -> list[str]:
     """The image names a CAM shard holds, each checked to be in the image list `images`."""
-    listed = set(io.read_lines(images))
+    from psa_core.data import listed_names
+
+    listed = set(listed_names(images))
     names = io.read_score_shard_names(shard)
     foreign = [n for n in names if n not in listed]
     if foreign:

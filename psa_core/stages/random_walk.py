@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from psa_core import io
 from psa_core.constants import FEATURE_STRIDE
-from psa_core.data import gt_mask_path, image_paths
+from psa_core.data import image_paths
 from psa_core.errors import PsaError
 from psa_core.settings import (
     AffinitySettings,
@@ -81,7 +81,7 @@ def random_walk_shard(
 
     classes = data.classes(cams)
     names = listed_shard_names(cams, data.images)
-    paths = image_paths(data.root, names)
+    paths = image_paths(data.image_files(), names)
     cam_data, _ = io.read_score_shard(cams)
     radius, alpha, beta, logt = affinity.radius, walk.alpha, walk.beta, walk.logt
     torch_device = resolve_device(run.device)
@@ -149,13 +149,14 @@ def random_walk_shard(
 
 
 def _iter_walks(
-    root: Path,
-    names: Sequence[str],
+    masks: Mapping[str, Path],
     walk_shards: Sequence[Path],
     affinity_shards: Sequence[Path],
     cam_shards: Sequence[Path],
 ) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Per listed image: (name, walked scores, affinities, CAMs, class_ids, gt)."""
+    """Per image of `masks` (name -> its ground-truth mask): (name, walked scores,
+    affinities, CAMs, class_ids, gt)."""
+    names = list(masks)
     walks = shard_index(walk_shards, names, "random-walk")
     affs = shard_index(affinity_shards, names, "affinity")
     cams = shard_index(cam_shards, names, "CAM")
@@ -166,12 +167,7 @@ def _iter_walks(
             walked, class_ids = walked_data[name]
             aff, _ = io.read_score(affs[name], name)
             maps, _ = io.read_score(cams[name], name)
-            mask_file = gt_mask_path(root, name)
-            if mask_file is None:
-                raise PsaError(
-                    f"{root}: no ground-truth mask for '{name}'; evaluate a split that has masks"
-                )
-            yield name, walked, aff, maps, class_ids, io.read_mask(mask_file)
+            yield name, walked, aff, maps, class_ids, io.read_mask(masks[name])
 
 
 def evaluate_random_walk(
@@ -204,10 +200,10 @@ def evaluate_random_walk(
     from psa_core.transforms import to_size_of
 
     alpha, beta, logt = walk.alpha, walk.beta, walk.logt
-    classes, names = data.classes(*walks), data.names()
+    classes = data.classes(*walks)
     grid = sorted({float(a) for a in evaluate.alphas} | {float(alpha)})
     sweep = SweepConfusion(len(classes) + 1, grid)
-    items = _iter_walks(data.root, names, walks, affinities, cams)
+    items = _iter_walks(data.ground_truth(), walks, affinities, cams)
     for name, walked, aff, maps, class_ids, full_gt in items:
         size = maps.shape[1:]  # the working size: ground truth scaled to it (§1.8)
         gt = to_size_of(full_gt, size, "nearest")
@@ -225,6 +221,7 @@ def evaluate_random_walk(
                 stack = np.concatenate([walked_bg[index : index + 1].numpy(), walked[1:]])
             sweep.add(index, scores_to_mask(stack, size, class_ids), gt)
     result = sweep.result("alpha", grid, published=float(alpha))
+    result.update(data.scored_counts(result["num_images"]))
     log.info(
         "random walk mIoU: %s at alpha %g; best %s at alpha %s",
         result["published_miou"],
@@ -250,12 +247,26 @@ def evaluate_random_walk(
 # -- export and summary -------------------------------------------------------------
 
 
+def link_images(data: ImageList, names: Sequence[str], link: Path) -> None:
+    """`link` shows the images of `names`: a link to the dataset's JPEGImages folder when
+    they all are there (the VOC layout), else a folder of links, one per image, named
+    NAME plus the image's own suffix."""
+    images = data.image_files()
+    voc_folder = Path(data.root).resolve() / "JPEGImages"
+    if all(images[n].resolve().parent == voc_folder for n in names):
+        link.symlink_to(voc_folder)
+        return
+    link.mkdir()
+    for name in names:
+        (link / f"{name}{images[name].suffix}").symlink_to(images[name].resolve())
+
+
 def export_masks(*, data: ImageList, split: str, masks: Sequence[Path], out: Path) -> None:
     """`psa export-masks`: the split's masks as a VOC-style folder a segmentation trainer reads.
 
     `out/SegmentationClassAug/<name>.png` (palette PNGs, VOC colours, 255
     nowhere: every pixel gets a class), `out/ImageSets/Segmentation/<split>.txt`
-    (the image names) and `out/JPEGImages` (a link to the dataset's images).
+    (the image names) and `out/JPEGImages` (links to the dataset's images, `link_images`).
 
     Args:
         split: the name of the list file to write.
@@ -275,31 +286,35 @@ def export_masks(*, data: ImageList, split: str, masks: Sequence[Path], out: Pat
         lists = folder / "ImageSets" / "Segmentation"
         lists.mkdir(parents=True)
         (lists / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))
-        (folder / "JPEGImages").symlink_to(Path(data.root).resolve() / "JPEGImages")
+        link_images(data, names, folder / "JPEGImages")
     log.info("%d masks exported to %s", len(names), out / "SegmentationClassAug")
 
 
 def summarize(
     *,
-    splits: Sequence[str],
-    cam: Sequence[Path],
-    crf: Sequence[Path],
-    walk: Sequence[Path],
-    seg: Sequence[Path] | None,
+    splits: Sequence[str] | None = None,
+    no_ground_truth: Sequence[str] | None = None,
+    cam: Sequence[Path] | None = None,
+    crf: Sequence[Path] | None = None,
+    walk: Sequence[Path] | None = None,
+    seg: Sequence[Path] | None = None,
     reports: Reports,
 ) -> None:
     """`psa summarize`: one table of CAM → CRF labels → random walk (→ segmentation
-    network, with `seg`) mIoU per split.
+    network, with `seg`) mIoU per split, and a "no ground truth" row for each split
+    without masks.
 
     Args:
-        splits: the evaluated splits.
-        cam: their CAM evaluations (.json), one per split.
+        splits: the scored splits (those with ground-truth masks).
+        no_ground_truth: the evaluated splits that have no ground-truth mask.
+        cam: their CAM evaluations (.json), one per scored split.
         crf: their CRF-label evaluations (.json).
         walk: their random-walk evaluations (.json).
         seg: their segmentation-network evaluations (.json).
     """
     from psa_core.evaluate import summary_rows, write_summary
 
+    splits, cam, crf, walk = splits or [], cam or [], crf or [], walk or []
     if not len(splits) == len(cam) == len(crf) == len(walk) == len(seg or splits):
         raise PsaError(
             "summarize: give one CAM, CRF, random-walk (and segmentation) result per split"
@@ -310,4 +325,4 @@ def summarize(
     }
     for split, path in zip(splits, seg or [], strict=False):
         results[split]["seg"] = io.read_json(path)
-    write_summary(summary_rows(results), reports.out_json, reports.out_csv)
+    write_summary(summary_rows(results, no_ground_truth or []), reports.out_json, reports.out_csv)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from psa_core import io
-from psa_core.data import gt_mask_path, image_path
 from psa_core.settings import ReportSettings
 from psa_core.stages.common import LabelledImages, mask_files, shard_index
 
@@ -58,8 +57,8 @@ def gallery(
         scaled = to_size_of(array, size_hw, how)
         return array if scaled is None else scaled  # a mismatch shows as it is
 
-    classes = data.classes()
-    names = pick_examples(data.names(), report.gallery_size)
+    classes, files = data.classes(), data.files()
+    names = pick_examples(list(files), report.gallery_size)
     cam_where = shard_index(cams, names, "CAM")
     crf_where = shard_index(crf, names, "CRF")
     walk_files = mask_files(masks, names, "random_walk")
@@ -71,7 +70,7 @@ def gallery(
         height, width = size = cam_maps.shape[1:]
         row = {
             "name": name,
-            "image": at_cam_size(io.read_image(image_path(data.root, name)), size, "bilinear"),
+            "image": at_cam_size(io.read_image(files[name].image), size, "bilinear"),
             "CAM": cam_maps.max(axis=0) if len(cam_maps) else np.zeros((height, width), np.float32),
             "CRF labels": crf_label_map(stack[LOW], stack[HIGH], class_ids),
             "random walk": io.read_mask(walk_files[name]),
@@ -80,10 +79,15 @@ def gallery(
             row["segmentation network"] = at_cam_size(
                 io.read_mask(seg_files[name]), size, "nearest"
             )
-        gt_file = gt_mask_path(data.root, name)
-        if gt_file is not None:
-            row["ground truth"] = at_cam_size(io.read_mask(gt_file), size, "nearest")
+        if files[name].mask is not None:  # the column shows only where a mask exists
+            row["ground truth"] = at_cam_size(io.read_mask(files[name].mask), size, "nearest")
         rows.append(row)
     columns = GALLERY_COLUMNS if seg_files else GALLERY_COLUMNS[:-1]
+    with_truth = sum("ground truth" in row for row in rows)
+    if not with_truth:  # a split without masks: no empty column
+        columns = tuple(c for c in columns if c != "ground truth")
     gallery_figure(rows, classes, out, columns=columns)
-    log.info("gallery of %d images written to %s", len(rows), out)
+    log.info(
+        "gallery of %d images (%d with a ground-truth mask) written to %s; columns: %s",
+        len(rows), with_truth, out, ", ".join(columns),
+    )  # fmt: skip

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from psa_core import io
-from psa_core.data import gt_mask_path, image_paths, read_labels, select_shard
+from psa_core.data import image_paths, read_labels, select_shard
 from psa_core.errors import PsaError
 from psa_core.settings import (
     DatasetSettings,
@@ -66,7 +66,8 @@ def train_seg(
 
     classes = data.classes()
     net = model_to_train("seg", len(classes), files, model, run, dilation=seg.dilation)
-    fit_seg(net, data.root, data.names(), masks, seg, **loop_keywords(files, run))
+    images = data.image_files()
+    fit_seg(net, images, list(images), masks, seg, **loop_keywords(files, run))
 
 
 def package_seg_model(
@@ -147,7 +148,7 @@ def infer_seg(
     from psa_core.segmentation import load_model_folder, segment_images
 
     names = select_shard(data.names(), shard.shard, shard.shard_size)
-    paths = image_paths(data.root, names)
+    paths = image_paths(data.image_files(), names)
     net, description = load_model_folder(model, run.device)
     max_side = _max_side(dataset, description)
     log.info(
@@ -174,17 +175,12 @@ def evaluate_seg(*, data: LabelledImages, masks: Sequence[Path], reports: Report
     """
     from psa_core.evaluate import MaskQuality, write_mask_report
 
-    classes, names = data.classes(), data.names()
-    found = mask_files(masks, names, "infer_seg")
+    classes, truth = data.classes(), data.ground_truth()
+    found = mask_files(masks, list(truth), "infer_seg")
     quality = MaskQuality(len(classes) + 1)
-    for name in names:
-        gt_file = gt_mask_path(data.root, name)
-        if gt_file is None:
-            raise PsaError(
-                f"{data.root}: no ground-truth mask for '{name}'; evaluate a split that has masks"
-            )
+    for name, gt_file in truth.items():
         quality.add(io.read_mask(found[name]), io.read_mask(gt_file))
-    result = quality.result()
+    result = {**quality.result(), **data.scored_counts(quality.num_images)}
     log.info("segmentation network mIoU: %s (%d images)", result["miou"], result["num_images"])
     write_mask_report(result, ["background", *classes], reports.out_json, reports.out_csv)
 

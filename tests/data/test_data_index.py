@@ -23,12 +23,16 @@ from tests.data.helpers import AUG_ONLY, TREE_CLASSES
 
 def test_index_split_labels_from_xml_else_mask(voc_tree):
     root = voc_tree()
-    labels = index_split(root, "train_aug", TREE_CLASSES)
+    indexed = index_split(root, "train_aug", TREE_CLASSES)
+    labels = {name: label for name, (label, _) in indexed.items()}
     assert list(labels) == ["2007_000001", "2007_000002", AUG_ONLY]
     assert labels["2007_000001"].tolist() == [1, 0, 0]
     assert labels["2007_000002"].tolist() == [0, 1, 1]
     assert labels[AUG_ONLY].tolist() == [0, 1, 0]  # no XML: from SegmentationClassAug
     assert all(v.dtype == np.uint8 for v in labels.values())
+    files = indexed[AUG_ONLY][1]  # the files each later stage reads, from the index
+    assert files.image == root / "JPEGImages" / f"{AUG_ONLY}.jpg"
+    assert files.mask == root / "SegmentationClassAug" / f"{AUG_ONLY}.png"
 
 
 def test_index_split_shard_is_the_split_index_cut_to_the_shard(voc_tree):
@@ -37,8 +41,8 @@ def test_index_split_shard_is_the_split_index_cut_to_the_shard(voc_tree):
     first = index_split(root, "train_aug", TREE_CLASSES, shard=0, shard_size=2)
     last = index_split(root, "train_aug", TREE_CLASSES, shard=1, shard_size=2)  # 1 of 2
     assert list(first) == ["2007_000001", "2007_000002"] and list(last) == [AUG_ONLY]
-    for name, label in {**first, **last}.items():
-        assert label.tolist() == whole[name].tolist(), name
+    for name, (label, files) in {**first, **last}.items():
+        assert label.tolist() == whole[name][0].tolist() and files == whole[name][1], name
 
 
 def test_index_split_shard_reads_only_its_own_images(voc_tree):

@@ -110,10 +110,11 @@ def test_masks_labels_xml_agree(synthetic_root):
 
 def test_index_split_on_synthetic(synthetic_root):
     classes = read_classes(synthetic_root, None)
-    labels = index_split(synthetic_root, "val", classes)
-    assert list(labels) == read_image_list(synthetic_root, "val")
-    for name, label in labels.items():
-        mask = io.read_mask(gt_mask_path(synthetic_root, name))
+    indexed = index_split(synthetic_root, "val", classes)
+    assert list(indexed) == read_image_list(synthetic_root, "val")
+    for name, (label, files) in indexed.items():
+        assert files.mask == gt_mask_path(synthetic_root, name)
+        mask = io.read_mask(files.mask)
         np.testing.assert_array_equal(label, labels_from_mask(mask, len(classes)))
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from psa_core.data import listed_names
 from tests.workflow.conftest import (
     DATA,
     HOSTILE,
@@ -86,10 +87,10 @@ def test_synthetic_dataset_is_generated_indexed_and_validates_train_cam(
     generated = results / "synthetic/ImageSets/Segmentation"
     for split, count in (("train", NUM_TRAIN), ("val", NUM_VAL)):
         assert len((generated / f"{split}.txt").read_text().split()) == count
-    val_names = (results / "index/val/images.txt").read_text().split()
+    val_names = listed_names(results / "index/val/images.txt")
     assert val_names == (generated / "val.txt").read_text().split()
     train_names = (generated / "train.txt").read_text().split()
-    shard = (results / "index/train/shard-001.txt").read_text().split()
+    shard = listed_names(results / "index/train/shard-001.txt")
     assert shard == train_names[SHARD_SIZE : 2 * SHARD_SIZE]
     proc = run_snakemake(tiny_workdir, "-n", "-p", "results/cam/weights.pt")
     assert "--val-images results/index/val/images.txt" in proc.stdout, proc.stdout
@@ -145,7 +146,7 @@ def test_full_run_artifacts(finished_run: FinishedRun) -> None:
     # Random walk: masks, the exported VOC-style folder, evaluation, summary, gallery.
     exported = results / "pseudo_masks"
     listed = (exported / "ImageSets/Segmentation/train.txt").read_text().split()
-    train_names = (results / "index/train/images.txt").read_text().split()
+    train_names = listed_names(results / "index/train/images.txt")
     assert listed == train_names
     for name in train_names:
         with Image.open(exported / "SegmentationClassAug" / f"{name}.png") as mask:
@@ -195,7 +196,7 @@ def test_psa_predict_gives_the_masks_of_infer_seg(
 ) -> None:
     """`psa predict` on a folder of new images gives infer_seg's masks."""
     results = finished_run.workdir / RESULTS
-    val_names = (results / "index/val/images.txt").read_text().split()
+    val_names = listed_names(results / "index/val/images.txt")
     images = tmp_path / "new_images"
     images.mkdir()
     for name in val_names:
@@ -279,7 +280,7 @@ def test_incremental_rebuild(run_copy: Path) -> None:
     ("override", "key"),
     [
         ({"cam": {"lr": -1}}, "cam.lr"),
-        ({"dataset": {"kind": "coco"}}, "dataset.kind"),
+        ({"dataset": {"kind": "imagenet"}}, "dataset.kind"),
         ({"model": {"backbone": "resnet50"}}, "model.backbone"),
         ({"dataset": {"shard_size": 0}}, "dataset.shard_size"),
         ({"cam": {"batch_szie": 3}}, "cam"),

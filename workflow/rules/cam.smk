@@ -1,5 +1,6 @@
 # CAM stage (docs/design.md §1.1, §1.5): train the classifier, multi-scale CAMs per
-# shard, CAM evaluation with a background-threshold sweep.
+# shard (or another method's CAMs, cam.source external), CAM evaluation with a
+# background-threshold sweep.
 
 
 rule train_cam:
@@ -20,7 +21,7 @@ rule train_cam:
         "../../envs/psa.yaml"
     threads: 4
     params:
-        settings=job_settings("model", "cam", TRAIN_RUN),
+        settings=job_settings("model", "cam:-source,external_dir", TRAIN_RUN),
         root=DATA_ROOT,
         checkpoint=out("cam/train_checkpoint.pt"),
         init=init_option,
@@ -32,28 +33,58 @@ rule train_cam:
         " --out-log {output.log_csv:q} --out {output.weights:q} > {log:q} 2>&1"
 
 
-rule infer_cam:
-    input:
-        weights=rules.train_cam.output.weights,
-        dataset=dataset_input,
-        images=out("index/{split}/shard-{shard}.txt"),
-        labels=out("index/{split}/shard-{shard}.json"),
-    output:
-        cams=out("cam/{split}/shard-{shard}.h5"),
-    log:
-        out("logs/infer_cam/{split}-{shard}.log"),
-    benchmark:
-        out("benchmarks/infer_cam/{split}-{shard}.tsv")
-    conda:
-        "../../envs/psa.yaml"
-    threads: 2
-    params:
-        settings=job_settings("model", "cam.infer", "dataset:max_side", RUN),
-        root=DATA_ROOT,
-    shell:
-        "exec python -m psa_core infer-cam --settings {params.settings:q} --root {params.root:q}"
-        " --images {input.images:q} --labels {input.labels:q} --weights {input.weights:q}"
-        " --threads {threads} --out {output.cams:q} > {log:q} 2>&1"
+# With cam.source external, another method's CAMs (psa_core/cam_files.py) take the
+# place of the trained classifier's: the shards downstream stages read are the same.
+if EXTERNAL_CAMS:
+
+    rule external_cams:
+        input:
+            unpack(external_cam_files),
+            dataset=dataset_input,
+            images=out("index/{split}/shard-{shard}.txt"),
+            labels=out("index/{split}/shard-{shard}.json"),
+        output:
+            cams=out("cam/{split}/shard-{shard}.h5"),
+        log:
+            out("logs/external_cams/{split}-{shard}.log"),
+        benchmark:
+            out("benchmarks/external_cams/{split}-{shard}.tsv")
+        conda:
+            "../../envs/psa.yaml"
+        threads: 1
+        params:
+            settings=job_settings("cam.infer:dtype", "dataset:max_side"),
+            root=DATA_ROOT,
+            source=config["cam"]["external_dir"],
+        shell:
+            "exec python -m psa_core external-cams --settings {params.settings:q}"
+            " --root {params.root:q} --images {input.images:q} --labels {input.labels:q}"
+            " --source {params.source:q} --out {output.cams:q} > {log:q} 2>&1"
+
+else:
+
+    rule infer_cam:
+        input:
+            weights=rules.train_cam.output.weights,
+            dataset=dataset_input,
+            images=out("index/{split}/shard-{shard}.txt"),
+            labels=out("index/{split}/shard-{shard}.json"),
+        output:
+            cams=out("cam/{split}/shard-{shard}.h5"),
+        log:
+            out("logs/infer_cam/{split}-{shard}.log"),
+        benchmark:
+            out("benchmarks/infer_cam/{split}-{shard}.tsv")
+        conda:
+            "../../envs/psa.yaml"
+        threads: 2
+        params:
+            settings=job_settings("model", "cam.infer", "dataset:max_side", RUN),
+            root=DATA_ROOT,
+        shell:
+            "exec python -m psa_core infer-cam --settings {params.settings:q} --root {params.root:q}"
+            " --images {input.images:q} --labels {input.labels:q} --weights {input.weights:q}"
+            " --threads {threads} --out {output.cams:q} > {log:q} 2>&1"
 
 
 rule evaluate_cam:

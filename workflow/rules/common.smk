@@ -5,7 +5,15 @@ import sys
 from pathlib import Path
 
 from psa_core import settings as psa_settings
-from psa_core.data import image_list_path, num_shards, read_image_list, shard_slice
+from psa_core.data import (
+    gt_mask_path,
+    image_list_path,
+    num_shards,
+    read_image_list,
+    shard_slice,
+)
+from psa_core.data.coco import cached_split_listing
+from psa_core.data.sheet import read_sheet
 from psa_core.errors import PsaError
 from psa_core.io import MAX_IMAGE_PIXELS_ENV
 
@@ -49,11 +57,28 @@ os.environ[MAX_IMAGE_PIXELS_ENV] = str(config["max_image_pixels"])
 
 OUT = Path(config["output_dir"])
 DATASET = config["dataset"]
-SYNTHETIC = DATASET["kind"] == "synthetic"
-DATA_ROOT = OUT / "synthetic" if SYNTHETIC else Path(DATASET["root"] or "")
+KIND = DATASET["kind"]
+SYNTHETIC = KIND == "synthetic"
 TRAIN_SPLIT = DATASET["train_split"]
 EVAL_SPLITS = DATASET["eval_splits"]
 VAL_SPLIT = DATASET["val_split"]
+EXTERNAL_CAMS = config["cam"]["source"] == "external"
+
+
+def dataset_root():
+    """The folder the dataset's paths are relative to (`--root` of every job)."""
+    if SYNTHETIC:
+        return OUT / "synthetic"
+    if KIND == "sheet" and not DATASET["root"]:
+        if not DATASET["sheet"]:
+            sys.exit("config: key 'dataset.sheet': kind sheet needs the sample sheet; set it")
+        return Path(DATASET["sheet"]).parent  # paths relative to the sheet's own folder
+    if not DATASET["root"]:
+        sys.exit(f"config: key 'dataset.root': kind {KIND} needs the dataset folder; set it")
+    return Path(DATASET["root"])
+
+
+DATA_ROOT = dataset_root()
 
 
 def out(pattern):
@@ -62,7 +87,7 @@ def out(pattern):
 
 
 def dataset_input(wildcards=None):
-    """The dataset as an input: the generated folder, or nothing for kind voc.
+    """The dataset as an input: the generated folder, or nothing for the other kinds.
 
     A VOC split's list file is an input of its own `index_split` job only
     (`split_list`); the per-shard index jobs follow their shard's names as a
@@ -73,10 +98,26 @@ def dataset_input(wildcards=None):
     return []
 
 
+def shard_dataset_input(wildcards):
+    """`index_shard`'s inputs: the generated folder, a COCO split's converted sheet and
+    masks, or nothing (a VOC split's or a sample sheet's shard follows its names and rows
+    as params)."""
+    if SYNTHETIC:
+        return {"dataset": str(DATA_ROOT)}
+    if KIND == "coco":
+        return coco_input(wildcards)
+    return {}
+
+
 def split_list(wildcards):
-    """`index_split`'s input: the generated folder, or the job's own split list."""
+    """`index_split`'s input: the generated folder, the job's own VOC split list, or the
+    COCO split's converted sheet; nothing for a sample sheet (its rows are a param)."""
     if SYNTHETIC:
         return str(DATA_ROOT)
+    if KIND == "sheet":
+        return []
+    if KIND == "coco":
+        return list(coco_input(wildcards).values())
     try:
         return str(image_list_path(DATA_ROOT, wildcards.split))
     except PsaError as exc:
@@ -102,14 +143,82 @@ def split_size(split):
 
 
 @functools.cache
+def sample_sheet():
+    """The sample sheet of kind sheet, checked row by row (read once per DAG build)."""
+    if not DATASET["sheet"]:
+        sys.exit("config: key 'dataset.sheet': kind sheet needs the sample sheet; set it")
+    try:
+        return read_sheet(DATASET["sheet"], DATASET["classes"], used_splits=all_splits())
+    except PsaError as exc:
+        sys.exit(str(exc))
+
+
+def coco_annotations(split):
+    """A COCO split's annotation file."""
+    return DATA_ROOT / DATASET["coco_annotations"].format(split=split)
+
+
+@functools.cache
+def coco_listing(split):
+    """A COCO split's listing (names, whether it has masks, class names), cached beside the
+    run's artifacts so that a plan parses each annotation file once."""
+    try:
+        return cached_split_listing(coco_annotations(split), OUT / "coco" / f"{split}.listing.json")
+    except PsaError as exc:
+        sys.exit(str(exc))
+
+
+def coco_input(wildcards):
+    """What a COCO split's index jobs read: the split's converted sheet and masks."""
+    return {
+        "sheet": out(f"coco/{wildcards.split}/sheet.tsv"),
+        "masks": out(f"coco/{wildcards.split}/masks"),
+    }
+
+
+def index_sheet(wildcards):
+    """The `--sheet` option of an index job: the sample sheet, a COCO split's converted
+    sheet, or nothing (VOC layout)."""
+    if KIND == "sheet":
+        return ["--sheet", DATASET["sheet"]]
+    if KIND == "coco":
+        return ["--sheet", out(f"coco/{wildcards.split}/sheet.tsv")]
+    return []
+
+
+@functools.cache
 def split_names(split):
-    """The image names of a VOC split, in list order (read once per DAG build)."""
-    if not DATASET["root"]:
-        sys.exit("config: key 'dataset.root': kind voc needs the dataset folder; set dataset.root")
+    """The image names of a split, in list order (read once per DAG build)."""
+    if KIND == "sheet":
+        return tuple(sample_sheet().names(split))
+    if KIND == "coco":
+        return tuple(coco_listing(split)[0])
     try:
         return tuple(read_image_list(DATA_ROOT, split))
     except PsaError as exc:
         sys.exit(str(exc))
+
+
+@functools.cache
+def split_has_masks(split):
+    """Whether any image of a split has a ground-truth mask: only those splits are scored."""
+    if SYNTHETIC:
+        return True
+    if KIND == "sheet":
+        return sample_sheet().has_masks(split)
+    if KIND == "coco":
+        return coco_listing(split)[1]
+    return any(gt_mask_path(DATA_ROOT, name) is not None for name in split_names(split))
+
+
+def dataset_classes():
+    """The class names when the dataset itself gives them (sheet: its tags, sorted; coco:
+    the training split's categories by id), else None (config or the VOC root decides)."""
+    if KIND == "sheet":
+        return list(sample_sheet().classes)
+    if KIND == "coco":
+        return list(coco_listing(TRAIN_SPLIT)[2])
+    return None
 
 
 def shard_names(wildcards):
@@ -126,7 +235,29 @@ def shard_names(wildcards):
     try:
         return shard_slice(names, DATASET["shard_size"], int(wildcards.shard))
     except PsaError as exc:
-        sys.exit(f"{image_list_path(DATA_ROOT, wildcards.split)}: {exc}")
+        sys.exit(f"split {wildcards.split}: {exc}")
+
+
+def sheet_rows(names):
+    """A sample sheet's rows of `names`, as a param: a row's change reruns its index job."""
+    if KIND != "sheet":
+        return []
+    wanted = set(names)
+    return [
+        [row.name, row.image, ";".join(row.tags), row.mask or ""]
+        for row in sample_sheet().rows
+        if row.name in wanted
+    ]
+
+
+def shard_rows(wildcards):
+    """`index_shard`'s sheet rows (`sheet_rows`)."""
+    return sheet_rows(shard_names(wildcards))
+
+
+def split_rows(wildcards):
+    """`index_split`'s sheet rows (`sheet_rows`)."""
+    return sheet_rows(split_names(wildcards.split)) if KIND == "sheet" else []
 
 
 def shard_ids(split):
@@ -179,6 +310,40 @@ cam_shards = shards_of("cam/{split}/shard-{shard}.h5")
 crf_shards = shards_of("crf/{split}/shard-{shard}.h5")
 walk_shards = shards_of("rw/{split}/shard-{shard}.h5")
 affinity_shards = shards_of("rw/{split}/affinity-{shard}.h5")
+
+
+def summary_options(wildcards, input):
+    """`psa summarize`'s options: the scored splits with their results, and the evaluated
+    splits that have no ground truth."""
+    options = []
+    for flag, values in (
+        ("--splits", SCORED_SPLITS),
+        ("--no-ground-truth", UNSCORED_SPLITS),
+        ("--cam", input.cam),
+        ("--crf", input.crf),
+        ("--walk", input.walk),
+        ("--seg", input.seg),
+    ):
+        if values:
+            options += [flag, *values]
+    return options
+
+
+def external_cam_files(wildcards):
+    """An `external_cams` job's inputs: the NAME.npz file of every image of its shard (a
+    changed file reruns its shard), or the folder while the synthetic names are unknown."""
+    folder = Path(config["cam"]["external_dir"])
+    if SYNTHETIC:
+        return {"external": str(folder)}
+    files = [folder / f"{name}.npz" for name in shard_names(wildcards)]
+    missing = [path for path in files if not path.is_file()]
+    if missing:
+        sys.exit(
+            f"{missing[0]}: CAM file not found ({len(missing)} of shard {wildcards.shard} of "
+            f"split {wildcards.split} missing); export the CAMs of every image of the run "
+            "into cam.external_dir"
+        )
+    return {"external": [str(path) for path in files]}
 
 
 def val_index(wildcards):
@@ -235,5 +400,22 @@ if config["cam"]["init_weights"] == INIT_FROM_CAM:
     sys.exit(
         "config: key 'cam.init_weights': 'cam' names the CAM network itself; use a file or null"
     )
+if EXTERNAL_CAMS:
+    if not config["cam"]["external_dir"]:
+        sys.exit(
+            "config: key 'cam.external_dir': cam.source external reads the CAMs from this "
+            "folder of NAME.npz files; set it"
+        )
+    for _section in ("affinity", "segmentation"):
+        if config[_section]["init_weights"] == INIT_FROM_CAM:
+            sys.exit(
+                f"config: key '{_section}.init_weights': with cam.source external no CAM "
+                "network is trained to start from; use a weights file or null"
+            )
 for _split in all_splits():
     split_size(_split)  # fail early, with one line, on an unknown split
+if KIND in ("sheet", "coco") and not DATASET["classes"]:
+    config["dataset"]["classes"] = dataset_classes()  # every job then reads the same list
+SCORED_SPLITS = [split for split in EVAL_SPLITS if split_has_masks(split)]
+"""The evaluated splits that have ground truth: only they get evaluation jobs."""
+UNSCORED_SPLITS = [split for split in EVAL_SPLITS if split not in SCORED_SPLITS]

@@ -90,10 +90,10 @@ rule export_masks:
 
 rule summarize:
     input:
-        cam=expand(out("cam/eval/{split}.json"), split=EVAL_SPLITS),
-        crf=expand(out("crf/eval/{split}.json"), split=EVAL_SPLITS),
-        walk=expand(out("rw/eval/{split}.json"), split=EVAL_SPLITS),
-        seg=expand(out("seg/eval/{split}.json"), split=EVAL_SPLITS),
+        cam=expand(out("cam/eval/{split}.json"), split=SCORED_SPLITS),
+        crf=expand(out("crf/eval/{split}.json"), split=SCORED_SPLITS),
+        walk=expand(out("rw/eval/{split}.json"), split=SCORED_SPLITS),
+        seg=expand(out("seg/eval/{split}.json"), split=SCORED_SPLITS),
     output:
         json=out("summary.json"),
         table=report(
@@ -109,8 +109,7 @@ rule summarize:
         "../../envs/psa.yaml"
     threads: 1
     params:
-        splits=EVAL_SPLITS,
+        options=summary_options,
     shell:
-        "exec python -m psa_core summarize --splits {params.splits:q} --cam {input.cam:q}"
-        " --crf {input.crf:q} --walk {input.walk:q} --seg {input.seg:q}"
+        "exec python -m psa_core summarize {params.options:q}"
         " --out-json {output.json:q} --out-csv {output.table:q} > {log:q} 2>&1"
