@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from psa_core import io
+from psa_core.data import listed_files, read_labels
 from psa_core.data import sheet as sheet_module
 from psa_core.data.sheet import (
     ROW_SCHEMA,
@@ -21,6 +22,7 @@ from psa_core.data.sheet import (
     verify_rows,
 )
 from psa_core.errors import PsaError
+from tests.cli_helpers import psa_in_process
 
 WIDTH, HEIGHT = 20, 16
 
@@ -365,3 +367,66 @@ def test_verify_rows_errors_are_one_line_with_row_and_fix(
     path = write_sheet(tmp_path, "image,tags,split,mask\n" + row + "\n")
     sheet = read_sheet(path, classes=["cat", "dog", "person"])
     one_line_error(lambda: verify_rows(sheet, images, sheet.rows), f"{path}", *fragments)
+
+
+GOOD_ROWS = "imgs/a.jpg,cat,train,masks/a.png\nimgs/b.png,dog;cat,train,\n"
+
+
+@pytest.mark.parametrize(
+    ("row", "fragments"),
+    [
+        ("imgs/c.jpg,unicorn,train,", ("row 4", "unknown class 'unicorn'", "dataset.classes")),
+        ("imgs/c.jpg,,train,", ("row 4", "no tags", "separated by ';'")),
+        ("imgs/a.jpg,cat,train,", ("row 4", "also on row 2", "remove the duplicate")),
+        ("imgs/gone.jpg,cat,train,", ("row 4", "not found", "fix the image path")),
+        ("imgs/broken.jpg,cat,train,", ("row 4", "broken.jpg", "cannot decode")),
+        ("imgs/c.jpg,cat,train,masks/small.png", ("row 4", "small.png", "fix or replace")),
+        ("imgs/c.jpg,cat,train,masks/none.png", ("row 4", "none.png", "empty the mask cell")),
+    ],
+    ids=[
+        "unknown-class",
+        "empty-tags",
+        "duplicate-image",
+        "missing-image",
+        "undecodable-image",
+        "mask-wrong-size",
+        "missing-mask",
+    ],
+)
+def test_psa_index_stops_at_a_bad_row_and_writes_nothing(
+    images: Path, tmp_path: Path, row: str, fragments: tuple[str, ...]
+) -> None:
+    """`psa index --sheet` (the index job of kind sheet and coco): one line naming the row
+    and the fix, a failed exit, and neither output exists."""
+    (images / "imgs" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    write_mask(images / "masks" / "small.png", width=WIDTH // 2)
+    sheet = write_sheet(tmp_path, "image,tags,split,mask\n" + GOOD_ROWS + row + "\n")
+    out = tmp_path / "index"
+    proc = psa_in_process(
+        "index", "--root", str(images), "--sheet", str(sheet), "--split", "train",
+        "--settings", '{"dataset": {"classes": ["cat", "dog"]}}',
+        "--out-images", str(out / "images.txt"), "--out-labels", str(out / "labels.json"),
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    assert not (out / "images.txt").exists() and not (out / "labels.json").exists()
+
+
+def test_psa_index_of_a_sheet_lists_files_and_labels(images: Path, tmp_path: Path) -> None:
+    """The index of a sheet: where each image and mask are, and the labels of its tags."""
+    sheet = write_sheet(tmp_path, "image,tags,split,mask\n" + GOOD_ROWS)
+    out = tmp_path / "index"
+    proc = psa_in_process(
+        "index", "--root", str(images), "--sheet", str(sheet), "--split", "train",
+        "--settings", '{"dataset": {"classes": ["cat", "dog"]}}',
+        "--out-images", str(out / "images.txt"), "--out-labels", str(out / "labels.json"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    files = listed_files(out / "images.txt", images)
+    assert files["a"].image == images / "imgs/a.jpg" and files["a"].mask == images / "masks/a.png"
+    assert files["b"].image == images / "imgs/b.png" and files["b"].mask is None
+    classes, labels = read_labels(out / "labels.json")
+    assert classes == ["cat", "dog"]
+    assert {n: v.tolist() for n, v in labels.items()} == {"a": [1, 0], "b": [1, 1]}
