@@ -73,32 +73,16 @@ def _assert_finished(results: Path, train_names: list[str]) -> None:
     assert (results / "summary.csv").is_file()
 
 
-def test_tags_only_dataset_runs_to_the_end(tmp_path: Path) -> None:
-    """No mask anywhere: tags from the VOC annotations only. Every stage runs, no
-    evaluation is planned, and the summary says there is no ground truth."""
+def test_voc_folder_without_masks_plans_every_stage_and_no_evaluation(tmp_path: Path) -> None:
+    """A VOC-layout folder with tags (Annotations/) and no SegmentationClass/: the whole
+    DAG is planned, no evaluation job. (The sheet test below runs such a DAG.)"""
     root = tmp_path / "data"
     _dataset(root)
     shutil.rmtree(root / "SegmentationClass")
-    config = _config({"kind": "voc", "root": "data", "eval_splits": ["train"]})
-    write_config(tmp_path, config)
-
+    write_config(tmp_path, _config({"kind": "voc", "root": "data", "eval_splits": ["train"]}))
     plan = planned_jobs(run_snakemake(tmp_path, "-n", "--quiet", "rules").stdout)
-    assert plan["train_seg"] == 1 and plan["export_masks"] == 1, plan
+    assert plan["train_seg"] == 1 and plan["export_masks"] == 1 and plan["summarize"] == 1
     assert not any(rule in plan for rule in EVALUATION_RULES), plan
-
-    run_snakemake(tmp_path)
-    results = tmp_path / "results"
-    _assert_finished(results, read_image_list(root, "train"))
-    rows = _summary(results)
-    assert [(r["split"], r["note"]) for r in rows] == [
-        ("train", NO_GROUND_TRUTH),
-        ("val", NO_GROUND_TRUTH),
-    ]
-    assert not (results / "cam" / "eval").exists()
-    for split in ("train", "val"):  # the gallery still shows every stage, without ground truth
-        assert (results / "report" / f"gallery-{split}.png").is_file()
-        log = (results / "logs" / "gallery" / f"{split}.log").read_text()
-        assert "columns: image, CAM" in log and "ground truth" not in log, log
 
 
 def _sheet(root: Path, classes: list[str], with_mask: set[str]) -> Path:
@@ -116,10 +100,13 @@ def _sheet(root: Path, classes: list[str], with_mask: set[str]) -> Path:
     return sheet
 
 
-def test_sheet_with_masks_on_val_only(tmp_path: Path) -> None:
+def test_sheet_with_masks_on_val_only_then_on_none(tmp_path: Path) -> None:
     """A sample sheet, masks on 3 of the 4 val images and on no training image: val is
     scored on those 3 and says so, train is not evaluated, and its gallery has no
-    ground-truth column."""
+    ground-truth column. Then the masks go from the sheet too: with no mask anywhere
+    the DAG runs to the end, no evaluation job is planned, and the summary says there
+    is no ground truth. (The training side, which never had masks, stays as it is:
+    only val's rows changed.)"""
     root = tmp_path / "data"
     classes = _dataset(root)
     val_names = read_image_list(root, "val")
@@ -151,6 +138,20 @@ def test_sheet_with_masks_on_val_only(tmp_path: Path) -> None:
     train_log, val_log = ((gallery_logs / f"{s}.log").read_text() for s in ("train", "val"))
     assert "columns: image, CAM" in train_log and "ground truth" not in train_log, train_log
     assert "columns: image, ground truth, CAM" in val_log, val_log
+
+    _sheet(root, classes, with_mask=set())  # no mask anywhere
+    plan = planned_jobs(run_snakemake(tmp_path, "-n", "--quiet", "rules").stdout)
+    assert not any(rule in plan for rule in EVALUATION_RULES), plan
+    assert "train_cam" not in plan and "train_seg" not in plan, plan  # train's rows unchanged
+    run_snakemake(tmp_path)
+    _assert_finished(results, read_image_list(root, "train"))
+    rows = _summary(results)
+    assert [(r["split"], r["note"]) for r in rows] == [
+        ("train", NO_GROUND_TRUTH),
+        ("val", NO_GROUND_TRUTH),
+    ]
+    val_log = (gallery_logs / "val.log").read_text()
+    assert "columns: image, CAM" in val_log and "ground truth" not in val_log, val_log
 
 
 @pytest.mark.parametrize(
