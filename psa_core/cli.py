@@ -66,6 +66,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "train-affinity": affinity.train_affinity,
     "random-walk": random_walk.random_walk_shard,
     "evaluate-random-walk": random_walk.evaluate_random_walk,
+    "walk-changes": random_walk.walk_changes,
     "export-masks": random_walk.export_masks,
     "train-seg": segmentation.train_seg,
     "package-seg-model": segmentation.package_seg_model,

@@ -11,7 +11,7 @@ import csv
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -467,8 +467,30 @@ def _scored_note(result: dict[str, Any]) -> str:
     return f"; scored on the {result['num_images']} of {listed} images with a mask"
 
 
+def _walk_changes_row(split: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """The summary row of a `psa walk-changes` report (a split without ground truth)."""
+    if changes["kept"] is None:
+        note = "the CAMs have no foreground at this threshold"
+    else:
+        note = (
+            f"the walk kept {_pct(changes['kept'])} of the CAM foreground, gave "
+            f"{_pct(changes['changed'])} another class, made {_pct(changes['removed'])} "
+            f"background; {len(changes['rewritten'])} of {changes['with_cam_foreground']} "
+            f"images kept less than {_pct(changes['rewritten_below'])}"
+        )
+    return {
+        "split": split,
+        "stage": "random walk vs CAM",
+        "setting": f"CAM bg threshold {changes['bg_threshold']}",
+        "miou": None,
+        "note": note,
+    }
+
+
 def summary_rows(
-    results: dict[str, dict[str, dict[str, Any]]], no_ground_truth: Sequence[str] = ()
+    results: dict[str, dict[str, dict[str, Any]]],
+    no_ground_truth: Sequence[str] = (),
+    walk_changes: Mapping[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """The CAM → CRF labels → random walk → segmentation network table:
     rows of `SUMMARY_COLUMNS` per split.
@@ -479,12 +501,16 @@ def summary_rows(
             "seg": MaskQuality result of the segmentation network}.
         no_ground_truth: splits without any mask: one row each saying so. With
             neither results nor such splits, one row says nothing was evaluated.
+        walk_changes: split -> its `psa walk-changes` report, for splits without
+            ground truth: a row with what the walk did to the CAM foreground.
     """
     rows = []
     for split in no_ground_truth:
         rows.append(
             {"split": split, "stage": "all", "setting": "", "miou": None, "note": NO_GROUND_TRUTH}
         )
+        if walk_changes and split in walk_changes:
+            rows.append(_walk_changes_row(split, walk_changes[split]))
     if not results and not no_ground_truth:
         rows.append(
             {"split": "", "stage": "all", "setting": "", "miou": None, "note": NOT_EVALUATED}

@@ -134,3 +134,41 @@ def top_class(cams: np.ndarray, class_ids: np.ndarray) -> tuple[np.ndarray, np.n
     score = np.take_along_axis(cams, best[None], axis=0)[0]
     lut = (class_ids + 1).astype(np.uint8)
     return score, lut[best]
+
+
+WALK_CHANGES = ("kept", "changed", "removed")
+"""What the random walk did to a CAM-foreground pixel: kept its class, gave it another
+class, or made it background (`walk_changes`)."""
+
+
+def walk_changes(
+    cams: np.ndarray, class_ids: np.ndarray, walk_mask: np.ndarray, bg_threshold: float
+) -> dict[str, int]:
+    """How the random walk's mask treats the CAM's foreground, without ground truth.
+
+    The CAM's label map at `bg_threshold` (a pixel is its best class where that
+    class's score exceeds the threshold, else background, as in the CAM
+    evaluation) against the walk's mask of the same size.
+
+    Returns:
+        Pixel counts: `cam_foreground`, and of those `kept` (same class),
+        `changed` (another class) and `removed` (background); `added`, the
+        walk's foreground where the CAM had background.
+    """
+    score, index = top_class(cams, class_ids)
+    walk_mask = np.asarray(walk_mask)
+    if walk_mask.shape != score.shape:
+        raise PsaError(
+            f"the walk's mask is {walk_mask.shape} but the CAMs are {score.shape}; both come "
+            "from the same image at its working size: rerun the random walk"
+        )
+    cam = np.where(score > bg_threshold, index, BACKGROUND_INDEX)
+    foreground = cam != BACKGROUND_INDEX
+    walk_foreground = walk_mask != BACKGROUND_INDEX
+    return {
+        "cam_foreground": int(foreground.sum()),
+        "kept": int((foreground & (walk_mask == cam)).sum()),
+        "changed": int((foreground & walk_foreground & (walk_mask != cam)).sum()),
+        "removed": int((foreground & ~walk_foreground).sum()),
+        "added": int((~foreground & walk_foreground).sum()),
+    }

@@ -11,7 +11,7 @@ import pytest
 
 from psa_core.cam import cams_to_segmentation
 from psa_core.errors import PsaError
-from psa_core.evaluate import CamThresholdSweep, evaluate_cams, write_cam_report
+from psa_core.evaluate import CamThresholdSweep, evaluate_cams, summary_rows, write_cam_report
 from psa_core.metrics import confusion_matrix, iou
 
 
@@ -148,3 +148,22 @@ def test_write_cam_report_edge_cases(tmp_path):
         write_cam_report(
             empty, ["cat"], tmp_path / "x.json", tmp_path / "x.csv", tmp_path / "x.svg"
         )
+
+
+def test_summary_row_of_a_split_without_ground_truth_reports_the_walk_changes() -> None:
+    changes = {
+        "bg_threshold": 0.2,
+        "kept": 0.8,
+        "changed": 0.05,
+        "removed": 0.15,
+        "rewritten_below": 0.5,
+        "rewritten": ["a"],
+        "with_cam_foreground": 4,
+    }
+    rows = summary_rows({}, ["train"], {"train": changes})
+    assert [r["stage"] for r in rows] == ["all", "random walk vs CAM"]
+    assert rows[1]["note"] == (
+        "the walk kept 80.0% of the CAM foreground, gave 5.0% another class, made 15.0% "
+        "background; 1 of 4 images kept less than 50.0%"
+    )
+    assert rows[1]["miou"] is None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from psa_core.errors import PsaError
-from psa_core.metrics import confusion_matrix, iou
+from psa_core.metrics import confusion_matrix, iou, walk_changes
 
 # 4 classes; class 2 appears in neither gt nor prediction; 255 pixels ignored.
 GT = np.array(
@@ -115,3 +115,25 @@ def test_iou_empty_matrix_is_nan():
 def test_iou_rejects_non_square():
     with pytest.raises(PsaError, match="square"):
         iou(np.zeros((2, 3)))
+
+
+def test_walk_changes_counts_by_hand() -> None:
+    """A 2x3 image, two classes (ids 0 and 2 -> indices 1 and 3), threshold 0.5."""
+    cams = np.array(
+        [
+            [[0.9, 0.8, 0.1], [0.6, 0.2, 0.0]],  # class id 0
+            [[0.1, 0.9, 0.2], [0.7, 0.3, 0.4]],  # class id 2
+        ],
+        dtype=np.float32,
+    )
+    # CAM labels: [[1, 3, 0], [3, 0, 0]]  (0.8 < 0.9 at (0, 1); (1, 1) best 0.3 < 0.5)
+    walk = np.array([[1, 1, 0], [0, 3, 0]], dtype=np.uint8)
+    assert walk_changes(cams, np.array([0, 2]), walk, 0.5) == {
+        "cam_foreground": 3,
+        "kept": 1,  # (0, 0)
+        "changed": 1,  # (0, 1): 3 -> 1
+        "removed": 1,  # (1, 0): 3 -> background
+        "added": 1,  # (1, 1)
+    }
+    with pytest.raises(PsaError, match="rerun the random walk"):
+        walk_changes(cams, np.array([0, 2]), walk[:, :2], 0.5)

@@ -29,6 +29,7 @@ from psa_core.data import image_paths
 from psa_core.errors import PsaError
 from psa_core.settings import (
     AffinitySettings,
+    CamEvaluateSettings,
     Keys,
     ModelSettings,
     RandomWalkEvaluateSettings,
@@ -244,6 +245,76 @@ def evaluate_random_walk(
     )
 
 
+# -- without ground truth: what the walk did to the CAMs ------------------------------
+
+REWRITTEN = 0.5
+"""An image whose walk kept less than this share of its CAM foreground counts as rewritten."""
+
+
+def walk_changes(
+    *,
+    data: ImageList,
+    cams: Sequence[Path],
+    masks: Sequence[Path],
+    evaluate: Annotated[CamEvaluateSettings, Keys("bg_threshold")],
+    out: Path,
+) -> None:
+    """`psa walk-changes`: for a split without ground truth, the share of each image's CAM
+    foreground (at the reported background threshold) that the random walk kept, gave
+    another class or made background, so that a person can see when the walk rewrote
+    the CAMs wholesale.
+
+    Args:
+        cams: the split's CAM shards.
+        masks: the split's random-walk mask folders.
+        out: the report to write (.json): per image the pixel counts of
+            `psa_core.metrics.walk_changes`; over the split the mean shares and the
+            images that kept less than half (`rewritten`).
+    """
+    from psa_core.metrics import WALK_CHANGES
+    from psa_core.metrics import walk_changes as count_changes
+
+    names = data.names()
+    cam_where = shard_index(cams, names, "CAM")
+    walk_files = mask_files(masks, names, "random_walk")
+    threshold = evaluate.bg_threshold
+    images: dict[str, dict[str, int]] = {}
+    for shard in dict.fromkeys(cam_where[n] for n in names):
+        maps, _ = io.read_score_shard(shard)  # one shard in memory at a time
+        for name in (n for n in names if cam_where[n] == shard):
+            cam_maps, class_ids = maps[name]
+            walk = io.read_mask(walk_files[name])
+            images[name] = count_changes(cam_maps, class_ids, walk, threshold)
+    with_foreground = {n: c for n, c in images.items() if c["cam_foreground"]}
+    shares = {
+        what: (
+            float(np.mean([c[what] / c["cam_foreground"] for c in with_foreground.values()]))
+            if with_foreground
+            else None
+        )
+        for what in WALK_CHANGES
+    }
+    rewritten = [
+        n for n, c in with_foreground.items() if c["kept"] / c["cam_foreground"] < REWRITTEN
+    ]
+    io.write_json(
+        out,
+        {
+            "bg_threshold": threshold,
+            "num_images": len(images),
+            "with_cam_foreground": len(with_foreground),
+            **shares,
+            "rewritten_below": REWRITTEN,
+            "rewritten": rewritten,
+            "images": images,
+        },
+    )
+    log.info(
+        "the walk kept %s of the CAM foreground; %d of %d images rewritten",
+        shares["kept"], len(rewritten), len(with_foreground),
+    )  # fmt: skip
+
+
 # -- export and summary -------------------------------------------------------------
 
 
@@ -298,6 +369,7 @@ def summarize(
     crf: Sequence[Path] | None = None,
     walk: Sequence[Path] | None = None,
     seg: Sequence[Path] | None = None,
+    changes: Sequence[Path] | None = None,
     reports: Reports,
 ) -> None:
     """`psa summarize`: one table of CAM → CRF labels → random walk (→ segmentation
@@ -311,6 +383,8 @@ def summarize(
         crf: their CRF-label evaluations (.json).
         walk: their random-walk evaluations (.json).
         seg: their segmentation-network evaluations (.json).
+        changes: the `psa walk-changes` reports of the splits without ground truth, one
+            per split of `no_ground_truth`.
     """
     from psa_core.evaluate import summary_rows, write_summary
 
@@ -325,4 +399,10 @@ def summarize(
     }
     for split, path in zip(splits, seg or [], strict=False):
         results[split]["seg"] = io.read_json(path)
-    write_summary(summary_rows(results, no_ground_truth or []), reports.out_json, reports.out_csv)
+    unscored = list(no_ground_truth or [])
+    if changes and len(changes) != len(unscored):
+        raise PsaError("summarize: give one walk-changes report per split without ground truth")
+    reported = {
+        split: io.read_json(path) for split, path in zip(unscored, changes or [], strict=False)
+    }
+    write_summary(summary_rows(results, unscored, reported), reports.out_json, reports.out_csv)

@@ -83,6 +83,7 @@ def test_voc_folder_without_masks_plans_every_stage_and_no_evaluation(tmp_path: 
     plan = planned_jobs(run_snakemake(tmp_path, "-n", "--quiet", "rules").stdout)
     assert plan["train_seg"] == 1 and plan["export_masks"] == 1 and plan["summarize"] == 1
     assert not any(rule in plan for rule in EVALUATION_RULES), plan
+    assert plan["walk_changes"] == 1, plan
 
 
 def _sheet(root: Path, classes: list[str], with_mask: set[str]) -> Path:
@@ -118,6 +119,7 @@ def test_sheet_with_masks_on_val_only_then_on_none(tmp_path: Path) -> None:
 
     plan = planned_jobs(run_snakemake(tmp_path, "-n", "--quiet", "rules").stdout)
     assert all(plan[rule] == 1 for rule in EVALUATION_RULES), plan  # val only
+    assert plan["walk_changes"] == 1, plan  # train, which has no ground truth
 
     run_snakemake(tmp_path)
     results = tmp_path / "results"
@@ -146,10 +148,20 @@ def test_sheet_with_masks_on_val_only_then_on_none(tmp_path: Path) -> None:
     run_snakemake(tmp_path)
     _assert_finished(results, read_image_list(root, "train"))
     rows = _summary(results)
-    assert [(r["split"], r["note"]) for r in rows] == [
-        ("train", NO_GROUND_TRUTH),
-        ("val", NO_GROUND_TRUTH),
+    assert [(r["split"], r["stage"]) for r in rows] == [
+        ("train", "all"),
+        ("train", "random walk vs CAM"),
+        ("val", "all"),
+        ("val", "random walk vs CAM"),
     ]
+    assert rows[0]["note"] == rows[2]["note"] == NO_GROUND_TRUTH
+    # what the walk did to the CAMs, the guard of a run without ground truth
+    for split, row in (("train", rows[1]), ("val", rows[3])):
+        changes = json.loads((results / "rw" / "changes" / f"{split}.json").read_text())
+        assert changes["num_images"] == 4 and set(changes["images"]) == set(
+            read_image_list(root, split)
+        )
+        assert row["note"].startswith("the walk kept ") or "no foreground" in row["note"], row
     val_log = (gallery_logs / "val.log").read_text()
     assert "columns: image, CAM" in val_log and "ground truth" not in val_log, val_log
 

@@ -323,6 +323,7 @@ def summary_options(wildcards, input):
         ("--crf", input.crf),
         ("--walk", input.walk),
         ("--seg", input.seg),
+        ("--changes", input.changes),
     ):
         if values:
             options += [flag, *values]

@@ -1,6 +1,7 @@
 # Random-walk stage (docs/design.md §1.4, §1.5): propagate each CAM shard over
-# AffinityNet's affinities into masks, score them with an alpha sweep, export
-# the training split's masks for a segmentation trainer, summarise all stages.
+# AffinityNet's affinities into masks, score them with an alpha sweep (splits with
+# masks) or report what the walk changed in the CAMs (splits without), export the
+# training split's masks for a segmentation trainer, summarise all stages.
 
 
 rule random_walk:
@@ -66,6 +67,30 @@ rule evaluate_random_walk:
         " > {log:q} 2>&1"
 
 
+rule walk_changes:
+    input:
+        cams=cam_shards,
+        masks=shards_of("rw/{split}/masks/shard-{shard}"),
+        dataset=dataset_input,
+        images=out("index/{split}/images.txt"),
+    output:
+        report=out("rw/changes/{split}.json"),
+    log:
+        out("logs/walk_changes/{split}.log"),
+    benchmark:
+        out("benchmarks/walk_changes/{split}.tsv")
+    conda:
+        "../../envs/psa.yaml"
+    threads: 1
+    params:
+        settings=job_settings("cam.evaluate:bg_threshold"),
+        root=DATA_ROOT,
+    shell:
+        "exec python -m psa_core walk-changes --settings {params.settings:q} --root {params.root:q}"
+        " --images {input.images:q} --cams {input.cams:q} --masks {input.masks:q}"
+        " --out {output.report:q} > {log:q} 2>&1"
+
+
 rule export_masks:
     input:
         masks=split_shards("rw/{split}/masks/shard-{shard}", TRAIN_SPLIT),
@@ -94,6 +119,7 @@ rule summarize:
         crf=expand(out("crf/eval/{split}.json"), split=SCORED_SPLITS),
         walk=expand(out("rw/eval/{split}.json"), split=SCORED_SPLITS),
         seg=expand(out("seg/eval/{split}.json"), split=SCORED_SPLITS),
+        changes=expand(out("rw/changes/{split}.json"), split=UNSCORED_SPLITS),
     output:
         json=out("summary.json"),
         table=report(
