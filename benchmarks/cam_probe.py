@@ -1,0 +1,122 @@
+"""Probe: can the from-scratch CAM classifier learn a dataset family at all, and where do
+its CAMs land? (issue 17, item 2: one hypothesis a run.)
+
+Trains the `tiny` CAM network in process on a generated family's train split with the
+committed `config.yaml`'s `cam` section (`--family demo`: the demo's synthetic set, the
+control) (plus `--set KEY=VALUE` overrides of that
+section), then prints the final training and validation loss and the val CAM mIoU at
+the published and the best background threshold. A `--variant` changes the network:
+
+    default   the committed `tiny` backbone
+    stem1     one stride-1 3x3 conv-BN-ReLU (16 channels) in front of the stride-2 stem,
+              so that patterns finer than the first stride reach a layer at full
+              resolution (hypothesis: the stride-2 first layer aliases them away)
+
+    python benchmarks/cam_probe.py --family texture --variant default --epochs 20
+    python benchmarks/cam_probe.py --family texture --variant stem1 --epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.families import FAMILIES  # noqa: E402
+from psa_core import io, settings  # noqa: E402
+from psa_core.cam import fit_cam, multiscale_cam  # noqa: E402
+from psa_core.data import generate_synthetic, index_split, read_classes  # noqa: E402
+from psa_core.evaluate import CamThresholdSweep  # noqa: E402
+from psa_core.models import create_model  # noqa: E402
+from psa_core.models.tiny import _conv_norm_relu  # noqa: E402
+
+
+def _variant(net: nn.Module, variant: str) -> nn.Module:
+    if variant == "stem1":
+        stem = net.backbone.stem
+        first = stem[0][0]
+        stem[0][0] = nn.Conv2d(16, first.out_channels, 3, 2, padding=1, bias=False)
+        net.backbone.stem = nn.Sequential(_conv_norm_relu(3, 16, stride=1), *stem)
+    elif variant != "default":
+        raise SystemExit(f"--variant {variant}: use default or stem1")
+    return net
+
+
+def _demo(root: Path, seed: int) -> None:
+    """The demo's synthetic set with the committed config's `synthetic` section."""
+    synthetic = yaml.safe_load((REPO / "config.yaml").read_text())["synthetic"]
+    generate_synthetic(
+        root,
+        num_train=synthetic["num_train"],
+        num_val=synthetic["num_val"],
+        image_size=tuple(synthetic["image_size"]),
+        num_classes=synthetic["num_classes"],
+        seed=synthetic["seed"],
+    )
+
+
+SETS = {**FAMILIES, "demo": _demo}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=sorted(SETS), default="texture")
+    parser.add_argument("--variant", default="default")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--set", nargs="*", default=[], help="cam.KEY=VALUE (YAML values)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    values = {**config["cam"], "epochs": args.epochs}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        values[key] = yaml.safe_load(value)
+    values.pop("infer", None), values.pop("evaluate", None)
+    cam = settings.section_from("cam", values)
+    with tempfile.TemporaryDirectory(prefix="cam_probe_") as tmp:
+        root = Path(tmp) / "data"
+        SETS[args.family](root, 0)
+        classes = read_classes(root)
+        train = index_split(root, "train", classes)
+        val = index_split(root, "val", classes)
+        labels = {n: label for n, (label, _) in {**train, **val}.items()}
+        images = {n: f.image for n, (_, f) in {**train, **val}.items()}
+        net = _variant(create_model("tiny", "cam", len(classes), seed=0), args.variant)
+        start = time.perf_counter()
+        fit_cam(
+            net, images, list(train), labels, cam, seed=0, val_names=list(val),
+            device="cpu", out_weights=Path(tmp) / "w.pt",
+            checkpoint_path=Path(tmp) / "c.pt", log_csv=Path(tmp) / "log.csv", progress=False,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        rows = [line.split(",") for line in (Path(tmp) / "log.csv").read_text().splitlines()]
+        last = {row[2]: float(row[3]) for row in rows[1:]}
+        net.eval()
+        sweep = CamThresholdSweep(len(classes) + 1, [i / 20 for i in range(1, 13)])
+        with torch.no_grad():
+            for label, files in val.values():
+                image = io.read_image(files.image)
+                maps = multiscale_cam(net, image, label, scales=(1.0, 0.5, 1.5, 2.0))
+                present = np.flatnonzero(label > 0)
+                sweep.add(maps[present], present, io.read_mask(files.mask))
+        result = sweep.result(0.2)
+    print(
+        f"| {args.family} | {args.variant} | {args.epochs} | {' '.join(args.set) or '-'} "
+        f"| {last.get('train', float('nan')):.3f} | {last.get('val', float('nan')):.3f} "
+        f"| {100 * result['published_miou']:.1f} | {100 * result['best_miou']:.1f} "
+        f"({result['best_threshold']}) | {seconds:.0f} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
