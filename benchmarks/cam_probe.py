@@ -11,6 +11,7 @@ the published and the best background threshold. A `--variant` changes the netwo
     stem1     one stride-1 3x3 conv-BN-ReLU (16 channels) in front of the stride-2 stem,
               so that patterns finer than the first stride reach a layer at full
               resolution (hypothesis: the stride-2 first layer aliases them away)
+    wide      `tiny` with width 64 (twice the channels; hypothesis: capacity)
 
     python benchmarks/cam_probe.py --family texture --variant default --epochs 20
     python benchmarks/cam_probe.py --family texture --variant stem1 --epochs 20
@@ -47,8 +48,8 @@ def _variant(net: nn.Module, variant: str) -> nn.Module:
         first = stem[0][0]
         stem[0][0] = nn.Conv2d(16, first.out_channels, 3, 2, padding=1, bias=False)
         net.backbone.stem = nn.Sequential(_conv_norm_relu(3, 16, stride=1), *stem)
-    elif variant != "default":
-        raise SystemExit(f"--variant {variant}: use default or stem1")
+    elif variant not in ("default", "wide"):
+        raise SystemExit(f"--variant {variant}: use default, stem1 or wide")
     return net
 
 
@@ -91,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
         val = index_split(root, "val", classes)
         labels = {n: label for n, (label, _) in {**train, **val}.items()}
         images = {n: f.image for n, (_, f) in {**train, **val}.items()}
-        net = _variant(create_model("tiny", "cam", len(classes), seed=0), args.variant)
+        width = {"width": 64} if args.variant == "wide" else {}
+        net = create_model("tiny", "cam", len(classes), seed=0, **width)
+        net = _variant(net, args.variant)
         start = time.perf_counter()
         fit_cam(
             net, images, list(train), labels, cam, seed=0, val_names=list(val),
