@@ -372,6 +372,15 @@ def test_verify_rows_errors_are_one_line_with_row_and_fix(
 GOOD_ROWS = "imgs/a.jpg,cat,train,masks/a.png\nimgs/b.png,dog;cat,train,\n"
 
 
+def psa_index(images: Path, sheet: Path, out: Path):
+    """`psa index --sheet` of the train split, classes cat and dog, into `out`."""
+    return psa_in_process(
+        "index", "--root", str(images), "--sheet", str(sheet), "--split", "train",
+        "--settings", '{"dataset": {"classes": ["cat", "dog"]}}',
+        "--out-images", str(out / "images.txt"), "--out-labels", str(out / "labels.json"),
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("row", "fragments"),
     [
@@ -402,11 +411,7 @@ def test_psa_index_stops_at_a_bad_row_and_writes_nothing(
     write_mask(images / "masks" / "small.png", width=WIDTH // 2)
     sheet = write_sheet(tmp_path, "image,tags,split,mask\n" + GOOD_ROWS + row + "\n")
     out = tmp_path / "index"
-    proc = psa_in_process(
-        "index", "--root", str(images), "--sheet", str(sheet), "--split", "train",
-        "--settings", '{"dataset": {"classes": ["cat", "dog"]}}',
-        "--out-images", str(out / "images.txt"), "--out-labels", str(out / "labels.json"),
-    )  # fmt: skip
+    proc = psa_index(images, sheet, out)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1, proc.stderr
     for fragment in fragments:
@@ -418,11 +423,7 @@ def test_psa_index_of_a_sheet_lists_files_and_labels(images: Path, tmp_path: Pat
     """The index of a sheet: where each image and mask are, and the labels of its tags."""
     sheet = write_sheet(tmp_path, "image,tags,split,mask\n" + GOOD_ROWS)
     out = tmp_path / "index"
-    proc = psa_in_process(
-        "index", "--root", str(images), "--sheet", str(sheet), "--split", "train",
-        "--settings", '{"dataset": {"classes": ["cat", "dog"]}}',
-        "--out-images", str(out / "images.txt"), "--out-labels", str(out / "labels.json"),
-    )  # fmt: skip
+    proc = psa_index(images, sheet, out)
     assert proc.returncode == 0, proc.stderr
     files = listed_files(out / "images.txt", images)
     assert files["a"].image == images / "imgs/a.jpg" and files["a"].mask == images / "masks/a.png"

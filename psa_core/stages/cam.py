@@ -16,7 +16,7 @@ from typing import Annotated
 import numpy as np
 
 from psa_core import io
-from psa_core.data import check_names, read_labels, select_shard
+from psa_core.data import read_labels
 from psa_core.errors import PsaError
 from psa_core.settings import (
     CamEvaluateSettings,
@@ -110,17 +110,11 @@ def infer_cam(
     from psa_core.transforms import to_working_size
 
     images = data.images
-    classes, label_map = read_labels(data.labels)
-    image_files = data.image_files()
-    try:
-        names = select_shard(list(image_files), shard.shard, shard.shard_size)
-    except PsaError as exc:
-        raise PsaError(f"{images}: {exc}") from None
-    check_names(names, label_map, str(images))
+    classes, label_map, image_files, names = data.labelled_shard(shard)
     net = create_model(
         model.backbone, "cam", len(classes), checkpoint_path=weights, device=run.device
     )
-    where = images.name if shard.shard is None else f"{images.name}, shard {shard.shard}"
+    where = shard.where(images)
     log.info(
         "%s: %d images, scales %s, max side %s, device %s",
         where, len(names), infer.scales, dataset.max_side, run.device,
@@ -147,7 +141,7 @@ def infer_cam(
             "amp": run.amp,
             "max_side": dataset.max_side,
             "images": str(images),
-            **({} if shard.shard is None else dataclasses.asdict(shard)),
+            **shard.attrs(),
         },
         dtype=infer.dtype,
     )

@@ -81,6 +81,23 @@ class LabelledImages(ImageList):
 
     labels: Path = file_option("labels from `psa index`")
 
+    def labelled_shard(
+        self, shard: Shard
+    ) -> tuple[list[str], dict[str, Any], dict[str, Path], list[str]]:
+        """(classes, name -> labels, name -> image file, the names of `shard` of the list
+        (`psa_core.data.select_shard`: the whole list without one)), each name of the
+        shard checked to have labels: what a per-shard CAM job reads."""
+        from psa_core.data import check_names, read_labels, select_shard
+
+        classes, label_map = read_labels(self.labels)
+        image_files = self.image_files()
+        try:
+            names = select_shard(list(image_files), shard.shard, shard.shard_size)
+        except PsaError as exc:
+            raise PsaError(f"{self.images}: {exc}") from None
+        check_names(names, label_map, str(self.images))
+        return classes, label_map, image_files, names
+
     def classes(self, *shards: Path) -> list[str]:
         """The class names of the labels file, each of `shards` checked to be made for them."""
         from psa_core.data import read_labels
@@ -97,6 +114,14 @@ class Shard:
 
     shard: int | None = file_option("only this shard of the list (0-based)", default=None)
     shard_size: int | None = file_option("images per shard (with --shard)", default=None)
+
+    def where(self, images: Path) -> str:
+        """The image list's name, and the shard's number when there is one (for the log)."""
+        return images.name if self.shard is None else f"{images.name}, shard {self.shard}"
+
+    def attrs(self) -> dict[str, int]:
+        """What a shard file records of the cut: nothing for the whole list."""
+        return {} if self.shard is None else dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

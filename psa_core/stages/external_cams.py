@@ -9,7 +9,6 @@ AffinityNet and the random walk run on the other method's CAMs unchanged.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,7 +24,6 @@ from psa_core.cam_files import (
     read_cam_file,
     write_cam_file,
 )
-from psa_core.data import check_names, read_labels, select_shard
 from psa_core.errors import PsaError
 from psa_core.settings import CamInferSettings, DatasetSettings, Keys
 from psa_core.stages.common import LabelledImages, Shard, timed
@@ -112,13 +110,7 @@ def external_cams(
     from psa_core.transforms import working_size
 
     images = data.images
-    classes, label_map = read_labels(data.labels)
-    image_files = data.image_files()
-    try:
-        names = select_shard(list(image_files), shard.shard, shard.shard_size)
-    except PsaError as exc:
-        raise PsaError(f"{images}: {exc}") from None
-    check_names(names, label_map, str(images))
+    classes, label_map, image_files, names = data.labelled_shard(shard)
     folder = _folder(source, "external CAM")
     files = {name: folder / f"{name}{CAM_SUFFIX}" for name in names}
     missing = [path for path in files.values() if not path.is_file()]
@@ -145,7 +137,7 @@ def external_cams(
             )
             yield name, (maps.astype(infer.dtype), present)
 
-    where = images.name if shard.shard is None else f"{images.name}, shard {shard.shard}"
+    where = shard.where(images)
     log.info(
         "%s: %d images' CAMs from %s, max side %s", where, len(names), source, dataset.max_side
     )
@@ -160,7 +152,7 @@ def external_cams(
                 "classes": classes,
                 "max_side": dataset.max_side,
                 "images": str(images),
-                **({} if shard.shard is None else dataclasses.asdict(shard)),
+                **shard.attrs(),
             },
             dtype=infer.dtype,
         )

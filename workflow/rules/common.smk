@@ -238,16 +238,21 @@ def shard_names(wildcards):
         sys.exit(f"split {wildcards.split}: {exc}")
 
 
+@functools.cache
+def sheet_row_params():
+    """Name -> its sample-sheet row as a param value (built once per DAG build)."""
+    return {
+        row.name: [row.name, row.image, ";".join(row.tags), row.mask or ""]
+        for row in sample_sheet().rows
+    }
+
+
 def sheet_rows(names):
     """A sample sheet's rows of `names`, as a param: a row's change reruns its index job."""
     if KIND != "sheet":
         return []
-    wanted = set(names)
-    return [
-        [row.name, row.image, ";".join(row.tags), row.mask or ""]
-        for row in sample_sheet().rows
-        if row.name in wanted
-    ]
+    rows = sheet_row_params()
+    return [rows[name] for name in names]
 
 
 def shard_rows(wildcards):
