@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variant", default="default")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--set", nargs="*", default=[], help="cam.KEY=VALUE (YAML values)")
+    parser.add_argument(
+        "--num-train", type=int, default=None, help="train images of a family (default its own)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -86,7 +89,10 @@ def main(argv: list[str] | None = None) -> None:
     cam = settings.section_from("cam", values)
     with tempfile.TemporaryDirectory(prefix="cam_probe_") as tmp:
         root = Path(tmp) / "data"
-        SETS[args.family](root, 0)
+        if args.num_train and args.family != "demo":
+            SETS[args.family](root, 0, num_train=args.num_train)
+        else:
+            SETS[args.family](root, 0)
         classes = read_classes(root)
         train = index_split(root, "train", classes)
         val = index_split(root, "val", classes)
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
                 present = np.flatnonzero(label > 0)
                 sweep.add(maps[present], present, io.read_mask(files.mask))
         result = sweep.result(0.2)
+    at = next(row for row in result["thresholds"] if row["threshold"] == 0.2)
+    print("per-class IoU @0.2:", " ".join(f"{100 * (v or 0):.1f}" for v in at["per_class_iou"]))
     print(
         f"| {args.family} | {args.variant} | {args.epochs} | {' '.join(args.set) or '-'} "
         f"| {last.get('train', float('nan')):.3f} | {last.get('val', float('nan')):.3f} "
