@@ -343,7 +343,11 @@ def torchvision_vgg16_to_psa(state: Mapping[str, torch.Tensor]) -> tuple[dict, l
 
 
 def load_weights(
-    model: nn.Module, path: str | os.PathLike, *, backbone_only: bool = False
+    model: nn.Module,
+    path: str | os.PathLike,
+    *,
+    backbone_only: bool = False,
+    assign: bool = False,
 ) -> list[str]:
     """Load weights from `path` into `model` (a `PsaNet` or a bare backbone), strictly.
 
@@ -355,6 +359,9 @@ def load_weights(
             affinity net from CAM weights); the head keeps its initialisation
             and file keys outside the backbone are skipped. ImageNet files are
             always backbone-only.
+        assign: the file's tensors (as float32) become the model's, instead of
+            being copied in: for a model built on the meta device, whose
+            every tensor the file then provides (`create_model`).
 
     Returns:
         Short human-readable notes on what was loaded.
@@ -408,7 +415,9 @@ def load_weights(
         notes.append(f"skipped {len(skipped)} key(s) outside the backbone: {_few(skipped)}")
     # Keys and shapes are verified above. A bare backbone has no hook to fill in the
     # BN counters, hence strict=False there; the PsaNet hooks make strict loading work.
-    target.load_state_dict(state, strict=isinstance(target, PsaNet))
+    if assign:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    target.load_state_dict(state, strict=isinstance(target, PsaNet), assign=assign)
     partial = target is backbone and model is not backbone
     notes.insert(
         0, f"{path.name}: loaded {len(state)} tensors into the {'backbone' if partial else 'model'}"

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from psa_core.io import load_torch, save_torch
-from psa_core.models import build_model
+from psa_core.models import build_model, create_model
 
 # Reference ResNet-38: (block, has a 1x1 projection `conv_branch1`, is a bottleneck)
 RESNET38_BLOCKS = [
@@ -205,3 +205,24 @@ def test_wrong_keys_still_fail_strict_loading():
     state["fc9.weight"] = state.pop("fc8.weight")
     with pytest.raises(RuntimeError, match="fc8.weight"):
         model.load_state_dict(state, strict=True)
+
+
+@pytest.mark.parametrize(("backbone", "head"), [*PUBLISHED, ("tiny", "cam"), ("tiny", "seg")])
+def test_a_checkpoint_loads_into_a_model_built_without_initial_weights(
+    backbone, head, models, tmp_path
+):
+    """create_model(checkpoint_path=...) skips the random initialisation: every tensor comes
+    from the file (here constants no initialiser draws), BN counters start at 0."""
+    model = models(backbone, head) if (backbone, head) in PUBLISHED_KEYS else None
+    model = model or build_model(backbone, head, num_classes=20)
+    published = _published_like(model, seed=2)
+    path = tmp_path / "weights.pt"
+    save_torch(path, published)
+    loaded = create_model(backbone, head, num_classes=20, checkpoint_path=path)
+    state = loaded.state_dict()
+    assert sorted(state) == sorted(published)
+    for key, value in published.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0)
+    counters = [m.num_batches_tracked for m in loaded.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(int(c) == 0 for c in counters)
+    assert not loaded.training and all(p.device.type == "cpu" for p in loaded.parameters())
