@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 from psa_core import io
 from psa_core.constants import BACKGROUND_INDEX, FEATURE_STRIDE, IGNORE_INDEX
 from psa_core.data import image_paths, verified_image_size
+from psa_core.decoded_cache import DecodedCache
 from psa_core.errors import PsaError
 from psa_core.settings import AffinitySettings, CrfSettings
 from psa_core.training import digest, sample_rng, train
@@ -400,8 +401,10 @@ class AffinityTrainDataset(Dataset):
     the image and both score stacks together (`AffinityTrainTransform`),
     then 8×8 pooling, the label rules and the pair masks
     (`affinity_training_labels`). Stacks are read from the shards one image
-    at a time, so a VOC-sized split needs no memory for them. Stacks at an
-    image's working size (docs/design.md §1.8) get the image scaled to them.
+    at a time, so a VOC-sized split needs no memory for them beyond a
+    `DecodedCache` of `cache_mb` MB (0 = off) that keeps images and stacks
+    (as stored) across epochs. Stacks at an image's working size
+    (docs/design.md §1.8) get the image scaled to them.
 
     Items: (image (3, crop, crop) float32, bg_pos, fg_pos, neg: each
     (n_offsets, n_from) float32).
@@ -415,6 +418,7 @@ class AffinityTrainDataset(Dataset):
         transform: AffinityTrainTransform,
         seed: int,
         radius: int = DEFAULT_RADIUS,
+        cache_mb: float = 0,
     ):
         if not names:
             raise PsaError("training set: the image list is empty; check the split")
@@ -425,6 +429,7 @@ class AffinityTrainDataset(Dataset):
         self.transform = transform
         self.seed = seed
         self.radius = radius
+        self.cache = DecodedCache(len(self.names), cache_mb)
 
     def _check_sizes(self) -> None:
         """Every image decodes and matches its CRF stacks, checked before training starts."""
@@ -444,12 +449,18 @@ class AffinityTrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
+    def decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image `index` at its stacks' size (H, W, 3) uint8 and the (2, C + 1, H, W)
+        stacks as stored (float16 or float32): the part of a sample no epoch changes."""
+        name, shard = self.names[index], self.shards[index]
+        stack, _ = io.read_score(shard, name, dtype=None)
+        full = io.read_image(self.paths[index])
+        return image_at_size_of(shard, name, stack.shape, full, "CRF scores"), stack
+
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         epoch, index = key
-        name, shard = self.names[index], self.shards[index]
-        stack, _ = io.read_score(shard, name)
-        full = io.read_image(self.paths[index])
-        image = image_at_size_of(shard, name, stack.shape, full, "CRF scores")
+        image, stored = self.cache.get(index, self.decode)
+        stack = stored.astype(np.float32)
         num_scores = stack.shape[1]
         scores = np.moveaxis(stack.reshape(-1, *stack.shape[-2:]), 0, -1)  # (H, W, 2(C + 1))
         x, scores = self.transform(image, scores, sample_rng(self.seed, epoch, index))
@@ -505,5 +516,7 @@ def fit_affinity(
             checkpoint_path, log_csv, device, …).
     """
     transform = training_transform(AffinityTrainTransform, model.normalization, settings)
-    dataset = AffinityTrainDataset(images, names, shards, transform, seed, model.radius)
+    dataset = AffinityTrainDataset(
+        images, names, shards, transform, seed, model.radius, settings.image_cache_mb
+    )
     return train(model, dataset, affinity_pair_loss, settings, seed=seed, **loop)

@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 from psa_core import io
 from psa_core.constants import BACKGROUND_INDEX
 from psa_core.data import check_names, image_paths
+from psa_core.decoded_cache import DecodedCache
 from psa_core.errors import PsaError
 from psa_core.metrics import top_class
 from psa_core.settings import CamInferSettings, CamSettings
@@ -199,20 +200,34 @@ class CamTrainDataset(_LabelledImages):
     """Augmented images and image-level labels for CAM training.
 
     Keys are `(epoch, index)`; sample `index` of `epoch` is augmented by the
-    `CamTrainTransform` with `sample_rng(seed, epoch, index)`.
+    `CamTrainTransform` with `sample_rng(seed, epoch, index)`. Decoded images
+    are kept in a `DecodedCache` of `cache_mb` MB (0 = off) across epochs.
 
     Items: (image (3, crop, crop) float32 normalised, label (K,) float32).
     """
 
     what = "training set"
 
-    def __init__(self, images, names, labels, transform: CamTrainTransform, seed: int) -> None:
+    def __init__(
+        self,
+        images: str | os.PathLike | Mapping[str, Path],
+        names: Sequence[str],
+        labels: Mapping[str, np.ndarray],
+        transform: CamTrainTransform,
+        seed: int,
+        cache_mb: float = 0,
+    ) -> None:
         super().__init__(images, names, labels, transform)
         self.seed = seed
+        self.cache = DecodedCache(len(self.names), cache_mb)
+
+    def decode(self, index: int) -> tuple[np.ndarray]:
+        """Image `index` as read, (H, W, 3) uint8: the part of a sample no epoch changes."""
+        return (io.read_image(self.paths[index]),)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, index = key
-        image = io.read_image(self.paths[index])
+        (image,) = self.cache.get(index, self.decode)
         x = self.transform(image, sample_rng(self.seed, epoch, index))
         return torch.from_numpy(x), torch.from_numpy(self.labels[index])
 
@@ -282,7 +297,7 @@ def fit_cam(
             checkpoint_path, log_csv, device, …).
     """
     transform = training_transform(CamTrainTransform, model.normalization, settings)
-    dataset = CamTrainDataset(images, names, labels, transform, seed)
+    dataset = CamTrainDataset(images, names, labels, transform, seed, settings.image_cache_mb)
     val_dataset = None
     if val_names:
         crop_size = val_crop_size or settings.crop_size

@@ -18,6 +18,7 @@ on each of its outputs while it runs (`psa_core.stages.common.outputs_held`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import errno
 import inspect
@@ -176,6 +177,9 @@ def _option_kwargs(setting: settings.Setting, model_default: bool) -> dict[str, 
         fixed = not (len(args) == 2 and args[1] is Ellipsis)
         kwargs.update(type=args[0], nargs=len(args) if fixed else "+")
         shown = " ".join(str(v) for v in setting.default) if setting.default else "none"
+    elif settings.scalar_union(setting.type):
+        kwargs["type"] = _first_of(settings.scalar_union(setting.type))
+        shown = str(setting.default)
     elif settings.is_optional(setting.type):
         kwargs["type"] = _or_none(base)
         shown = str(setting.default)
@@ -190,6 +194,20 @@ def _option_kwargs(setting: settings.Setting, model_default: bool) -> dict[str, 
     default = "the model's" if model_default else shown
     kwargs["help"] = f"{setting.description} (default: {default}{nullable})"
     return kwargs
+
+
+def _first_of(kinds: Sequence[type]) -> Callable[[str], Any]:
+    """An argparse type: `text` as the first of `kinds` that reads it (`int | str`: 2 or
+    auto); the schema then checks the value."""
+
+    def parse(text: str) -> Any:
+        for kind in kinds:
+            with contextlib.suppress(ValueError):
+                return kind(text)
+        raise ValueError(text)
+
+    parse.__name__ = " or ".join(k.__name__ for k in kinds)
+    return parse
 
 
 def _or_none(base: type) -> Callable[[str], Any]:
@@ -247,7 +265,13 @@ def _add_command(sub: Any, name: str, driver: Callable[..., None]) -> None:
             "(its other sections are ignored); the options below override it",
         )
         if any(param.name == "run" for param in params):
-            add(p, "--threads", type=int, help="CPU threads for torch (default: torch's)")
+            add(
+                p,
+                "--threads",
+                type=int,
+                help="CPU threads of the job: torch's, and num_workers auto's count "
+                "(default: torch's)",
+            )
         for param in params:
             if param.kind in ("section", "overrides"):
                 _add_section(p, param, add)

@@ -501,8 +501,11 @@ def read_score_shard(
     return data, attrs
 
 
-def read_score(path: str | os.PathLike, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """One image's (maps float32, class_ids) from a shard, without reading the others."""
+def read_score(
+    path: str | os.PathLike, name: str, dtype: Any = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
+    """One image's (maps as `dtype`, class_ids) from a shard, without reading the others;
+    `dtype` None keeps the stored type (float16 or float32)."""
     import h5py
 
     path = Path(path)
@@ -511,7 +514,8 @@ def read_score(path: str | os.PathLike, name: str) -> tuple[np.ndarray, np.ndarr
             if name not in f:
                 raise PsaError(f"{path}: holds no scores for image '{name}'; rerun its stage")
             ds = f[name]
-            return ds[()].astype(np.float32), np.asarray(ds.attrs["class_ids"], dtype=np.int64)
+            maps = ds[()] if dtype is None else ds[()].astype(dtype)
+            return maps, np.asarray(ds.attrs["class_ids"], dtype=np.int64)
     except OSError as exc:
         raise PsaError(f"{path}: cannot read HDF5 shard ({exc}); delete it and rerun") from None
 

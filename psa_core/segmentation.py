@@ -33,6 +33,7 @@ from psa_core import __version__, io
 from psa_core.cam import check_image, model_device
 from psa_core.constants import IGNORE_INDEX, voc_palette
 from psa_core.data import image_paths
+from psa_core.decoded_cache import DecodedCache
 from psa_core.device import autocast_dtype
 from psa_core.errors import PsaError
 from psa_core.models import BACKBONES, create_model
@@ -402,7 +403,8 @@ class SegTrainDataset(Dataset):
     scaled to it; any other size is a PsaError.
 
     Keys are `(epoch, index)`; sample `index` of `epoch` is augmented with
-    `sample_rng(seed, epoch, index)` (`SegTrainTransform`).
+    `sample_rng(seed, epoch, index)` (`SegTrainTransform`). Decoded images
+    and masks are kept in a `DecodedCache` of `cache_mb` MB (0 = off).
 
     Items: (image (3, crop, crop) float32 normalised, mask (crop, crop) int64).
     """
@@ -414,6 +416,7 @@ class SegTrainDataset(Dataset):
         masks: str | os.PathLike,
         transform: SegTrainTransform,
         seed: int,
+        cache_mb: float = 0,
     ):
         if not names:
             raise PsaError("training set: the image list is empty; check the split")
@@ -428,12 +431,14 @@ class SegTrainDataset(Dataset):
             )
         self.transform = transform
         self.seed = seed
+        self.cache = DecodedCache(len(self.names), cache_mb)
 
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, index = key
+    def decode(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image `index` at its mask's size (H, W, 3) uint8 and the mask (H, W) uint8: the
+        part of a sample no epoch changes."""
         full = io.read_image(self.paths[index])
         mask = io.read_mask(self.mask_paths[index])
         image = to_size_of(full, mask.shape)  # pseudo masks are at the working size (§1.8)
@@ -442,6 +447,11 @@ class SegTrainDataset(Dataset):
                 f"{self.mask_paths[index]}: mask is {mask.shape[1]}x{mask.shape[0]} but the image "
                 f"is {full.shape[1]}x{full.shape[0]}; the masks come from another dataset"
             )
+        return image, mask
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        image, mask = self.cache.get(index, self.decode)
         x, mask = self.transform(image, mask, sample_rng(self.seed, epoch, index))
         return torch.from_numpy(x), torch.from_numpy(mask.astype(np.int64))
 
@@ -487,7 +497,7 @@ def fit_seg(
         loop: the other keywords of `psa_core.training.train`.
     """
     transform = training_transform(SegTrainTransform, model.normalization, settings)
-    dataset = SegTrainDataset(images, names, masks, transform, seed)
+    dataset = SegTrainDataset(images, names, masks, transform, seed, settings.image_cache_mb)
     return train(model, dataset, segmentation_loss, settings, seed=seed, **loop)
 
 

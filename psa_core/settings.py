@@ -49,6 +49,9 @@ def setting(default: Any, description: str, *, cli: bool = True, **schema: Any) 
     )
 
 
+AUTO_WORKERS = "auto"
+"""The `num_workers` value that takes the worker count from the job's threads."""
+
 _SPLIT_NAME = r"^[A-Za-z0-9_-]+$"
 _CLASS_NAME = r"^[^;\s]([^;\t\r\n]*[^;\s])?$"
 """A class name: no `;` (the tag separator of a sample sheet), no tab or line break, no
@@ -241,7 +244,28 @@ class TrainSettings:
         True, "Random horizontal flip of the crops (published: on); off where left ≠ right."
     )
     color_jitter: ColorJitter = setting(ColorJitter(), "Random colour jitter of the crops.")
-    num_workers: int = setting(0, "DataLoader worker processes.", minimum=0)
+    num_workers: int | str = setting(
+        0,
+        "DataLoader worker processes; auto = the job's threads - 1 (at least 0), for GPU "
+        "training. The result does not depend on it.",
+        minimum=0,
+        pattern=f"^{AUTO_WORKERS}$",
+    )
+    image_cache_mb: int = setting(
+        4096,
+        "Memory for training images kept decoded (and at their working size) after their "
+        "first read, shared by the workers, MB (ours); images beyond it are read from disk "
+        "every epoch; 0 = off. The result does not depend on it.",
+        minimum=0,
+    )
+
+    def loader_workers(self, threads: int) -> int:
+        """`num_workers` as a count: `auto` is `threads` (the job's) - 1, at least 0."""
+        if self.num_workers == AUTO_WORKERS:
+            return max(0, int(threads) - 1)
+        if isinstance(self.num_workers, str) or self.num_workers < 0:
+            raise PsaError(f"num_workers {self.num_workers!r}: give a count >= 0 or {AUTO_WORKERS}")
+        return self.num_workers
 
     def optimizer_options(self) -> dict[str, Any]:
         """The keywords of `psa_core.training.build_optimizer`."""
@@ -580,7 +604,7 @@ def _unoptional(tp: Any) -> tuple[Any, bool]:
     """(the type without None, whether None is allowed)."""
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
+        return args[0], len(args) < len(typing.get_args(tp))
     return tp, False
 
 
@@ -605,9 +629,19 @@ def group_class(tp: Any) -> type | None:
 _JSON_TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 
+def scalar_union(tp: Any) -> list[type]:
+    """The scalar types of a union of two or more of them (`int | str`), else []."""
+    if not (isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union):
+        return []
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args if len(args) > 1 and all(a in _JSON_TYPES for a in args) else []
+
+
 def _value_schema(tp: Any) -> dict[str, Any]:
     base, optional = _unoptional(tp)
-    if dataclasses.is_dataclass(base):
+    if scalar_union(tp):
+        schema = {"type": [_JSON_TYPES[a] for a in scalar_union(tp)]}
+    elif dataclasses.is_dataclass(base):
         schema = _object_schema(base)
     elif typing.get_origin(base) is tuple:
         args = typing.get_args(base)
@@ -623,8 +657,12 @@ def _value_schema(tp: Any) -> dict[str, Any]:
     else:
         schema = {"type": _JSON_TYPES[base]}
     if optional:
-        schema["type"] = [schema["type"], "null"]
+        schema["type"] = [*_as_list(schema["type"]), "null"]
     return schema
+
+
+def _as_list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list) else [value]
 
 
 def _merge(schema: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -707,6 +745,8 @@ def typed_strings(config: Mapping[str, Any]) -> dict[str, Any]:
                 return yaml.safe_load(value)
             except yaml.YAMLError:
                 return value
+        if isinstance(value, str) and "integer" in wanted and value.strip().isdigit():
+            return int(value)  # a count or a word (num_workers: 2 or auto)
         return value
 
     return typed(config_schema(), config)

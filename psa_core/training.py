@@ -14,6 +14,8 @@ Determinism and resume
   `sample_rng(seed, epoch, index)` and each epoch's order from
   `epoch_order(seed, epoch, n)`. What a step sees therefore depends neither on
   where a run was interrupted nor on `num_workers`.
+- One DataLoader serves the whole run (`training_loader` over a
+  `RunBatchSampler`): its workers start once, and prefetch across epoch ends.
 - The last incomplete batch of an epoch is dropped, as in the reference
   (`drop_last=True`), so every step has `batch_size` samples and
   `max_step = epochs * (len(dataset) // batch_size)`.
@@ -26,7 +28,7 @@ Determinism and resume
   No global numpy / Python RNG is used, so none is saved.
 - Calling `train` again with the checkpoint present continues from it; on CPU
   the final weights are bit-identical to an uninterrupted run. A checkpoint
-  whose fingerprint (the settings section's values but its worker count,
+  whose fingerprint (the settings section's values but `SPEED_ONLY_SETTINGS`,
   seed, AMP dtype, model layout, dataset names / labels / augmentation,
   caller's `config`) differs is refused with a PsaError.
 - On completion the weights (`model.state_dict()` only) are written
@@ -56,6 +58,7 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import signal
 import sys
@@ -85,6 +88,14 @@ _ORDER_STREAM = 1
 _SAMPLE_STREAM = 2
 # Stream tags lead the seed tuples: numpy's SeedSequence pads entropy with
 # zeros, so (seed, epoch) and (seed, epoch, 0) would otherwise be one stream.
+
+PREFETCH_BATCHES = 4
+"""Batches each DataLoader worker keeps ready (its prefetch_factor; torch's default is 2):
+the deeper queue rides out a batch of slow samples (large images)."""
+
+SPEED_ONLY_SETTINGS = ("num_workers", "image_cache_mb")
+"""Settings that change the speed, never the result: not part of a run's fingerprint,
+so a run may resume with other values."""
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, Any]]]
 """`loss_fn(model, batch) -> (scalar loss, {part name: scalar})`; `batch` is
@@ -132,6 +143,48 @@ class EpochBatchSampler:
         bs = self.batch_size
         for b in range(self.start, self.n // bs):
             yield [(self.epoch, int(i)) for i in order[b * bs : (b + 1) * bs]]
+
+
+class RunBatchSampler:
+    """The batches of epochs `epoch` .. `epochs` - 1, from batch `start` of the first on:
+    `EpochBatchSampler`s in a row, for one DataLoader over the rest of a run."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epochs: int, epoch: int, start: int):
+        self.epochs = [
+            EpochBatchSampler(n, batch_size, seed, e, start if e == epoch else 0)
+            for e in range(epoch, epochs)
+        ]
+
+    def __len__(self) -> int:
+        return sum(len(sampler) for sampler in self.epochs)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for sampler in self.epochs:
+            yield from sampler
+
+
+def training_loader(
+    dataset: Dataset, batch_sampler: Any, num_workers: int, device: torch.device
+) -> DataLoader:
+    """The DataLoader of a training run: `num_workers` processes, each `PREFETCH_BATCHES`
+    ahead; batches in pinned memory when `device` is CUDA (copied with non_blocking).
+
+    On Linux the workers are forked (torch's default there before Python 3.14), so
+    they share a dataset's `psa_core.decoded_cache.DecodedCache`.
+    """
+    workers: dict[str, Any] = {}
+    if num_workers:
+        workers["prefetch_factor"] = PREFETCH_BATCHES
+        if sys.platform.startswith("linux"):
+            workers["multiprocessing_context"] = multiprocessing.get_context("fork")
+    return DataLoader(
+        dataset,
+        batch_sampler=batch_sampler,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # leaves the global RNG to dropout
+        **workers,
+    )
 
 
 def digest(obj: Any) -> str:
@@ -332,7 +385,9 @@ def train(
         loss_fn: `loss_fn(model, batch) -> (loss, parts)`.
         settings: the stage's section (`psa_core.settings.TrainSettings`):
             epochs, batch size, the optimiser (docs/design.md §1.1; see
-            `build_optimizer` on momentum) and the DataLoader workers.
+            `build_optimizer` on momentum) and the DataLoader workers
+            (`auto`: torch's thread count - 1; `psa --threads` sets that
+            count to the job's threads).
         seed: data order, augmentation and the torch RNG (dropout).
         out_weights: final `model.state_dict()` (.pt), written last.
         checkpoint_path: resume checkpoint; deleted once `out_weights` exists.
@@ -357,7 +412,8 @@ def train(
         TrainingInterrupted: on SIGTERM / SIGINT, after saving the checkpoint.
         PsaError: bad arguments, a foreign checkpoint, a diverged loss.
     """
-    epochs, batch_size, num_workers = settings.epochs, settings.batch_size, settings.num_workers
+    epochs, batch_size = settings.epochs, settings.batch_size
+    num_workers = settings.loader_workers(torch.get_num_threads())
     _check_args(epochs, batch_size, settings.lr, seed, num_workers, log_every, checkpoint_every)
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     amp = autocast_dtype(amp_dtype)
@@ -368,8 +424,7 @@ def train(
             f"batch_size {batch_size} is larger than the training set ({n} images); lower it"
         )
     fingerprint = {
-        # the workers change the speed, not the result: a run may resume with others
-        "settings": {k: v for k, v in as_dict(settings).items() if k != "num_workers"},
+        "settings": {k: v for k, v in as_dict(settings).items() if k not in SPEED_ONLY_SETTINGS},
         "seed": seed,
         "amp_dtype": str(amp),
         "model": digest([(k, list(v.shape)) for k, v in model.state_dict().items()]),
@@ -408,7 +463,7 @@ def train(
         run.csv = _CsvLog(partial_log_path(log_csv))
         run.csv.start({"epoch": run.epoch, "global_step": run.global_step} if resumed else None)
         run.log_start(resumed, settings.lr)
-        with run.progress_bar():
+        with run.progress_bar(), run.loading():
             while run.epoch < epochs:
                 run.train_epoch()
                 if stop.signum is not None:
@@ -466,6 +521,7 @@ class _Run:
     scheduler: Any = None
     scaler: Any = None
     stop: Any = None
+    batches: Iterator[Any] | None = None  # the run's one DataLoader iterator (`loading`)
     csv: Any = None
     bar: Any = None
     # position: the next step is batch `batch` of epoch `epoch` (0-based)
@@ -493,7 +549,12 @@ class _Run:
 
     @property
     def cuda_devices(self) -> list[int]:
-        return list(range(torch.cuda.device_count())) if self.device.type == "cuda" else []
+        """The one CUDA device the job trains on (its RNG is forked and checkpointed), or []."""
+        if self.device.type != "cuda":
+            return []
+        # Only the job's own device: touching every visible GPU would open a
+        # context on each, on cards other jobs have claimed (psa_core.device).
+        return [self.device.index if self.device.index is not None else torch.cuda.current_device()]
 
     # -- checkpoint ----------------------------------------------------------
 
@@ -513,7 +574,8 @@ class _Run:
         torch.set_rng_state(checkpoint["torch_rng"])
         cuda_rng = checkpoint.get("cuda_rng") or []
         if self.cuda_devices and len(cuda_rng) == len(self.cuda_devices):
-            torch.cuda.set_rng_state_all(cuda_rng)
+            for state, index in zip(cuda_rng, self.cuda_devices, strict=True):
+                torch.cuda.set_rng_state(state, index)
         elif self.cuda_devices:
             log.warning("CUDA RNG state not restored (device count changed): dropout differs")
         self.epoch, self.batch = int(checkpoint["epoch"]), int(checkpoint["batch"])
@@ -536,7 +598,7 @@ class _Run:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
                 "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.cuda_devices else [],
+                "cuda_rng": [torch.cuda.get_rng_state(index) for index in self.cuda_devices],
             },
         )
 
@@ -555,32 +617,36 @@ class _Run:
 
     # -- training ------------------------------------------------------------
 
-    def train_epoch(self) -> None:
-        """Run the rest of the current epoch, or up to a stop request."""
-        if self.batch >= self.steps_per_epoch:
-            return
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=EpochBatchSampler(
-                len(self.dataset), self.batch_size, self.seed, self.epoch, self.batch
-            ),
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            generator=torch.Generator(),  # leaves the global RNG to dropout
-        )
-        batches = iter(loader)
+    @contextlib.contextmanager
+    def loading(self) -> Iterator[None]:
+        """`self.batches`: every remaining batch of the run, from one DataLoader whose
+        workers start here and are shut down on exit."""
+        if self.epoch < self.epochs:
+            sampler = RunBatchSampler(
+                len(self.dataset), self.batch_size, self.seed, self.epochs, self.epoch, self.batch
+            )
+            loader = training_loader(self.dataset, sampler, self.num_workers, self.device)
+            self.batches = iter(loader)
         try:
-            while self.batch < self.steps_per_epoch and self.stop.signum is None:
-                t0 = time.perf_counter()
-                try:
-                    batch = next(batches)
-                except Exception:
-                    if self.stop.signum is not None:  # workers killed by the same signal
-                        break
-                    raise
-                self.step(batch, t0)
+            yield
         finally:
-            del batches  # shuts the workers down
+            self.batches = None  # the last reference: shuts the workers down
+
+    def train_epoch(self) -> None:
+        """Run the rest of the current epoch, or up to a stop request.
+
+        Takes exactly the epoch's remaining batches from `self.batches`, so the
+        next epoch starts on its own first batch.
+        """
+        while self.batch < self.steps_per_epoch and self.stop.signum is None:
+            t0 = time.perf_counter()
+            try:
+                batch = next(self.batches)
+            except Exception:
+                if self.stop.signum is not None:  # workers killed by the same signal
+                    break
+                raise
+            self.step(batch, t0)
 
     def step(self, batch: Any, t0: float) -> None:
         """One optimiser step on `batch`, then log / checkpoint as due."""

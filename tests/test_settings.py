@@ -163,6 +163,20 @@ def test_options_override_settings_which_override_defaults(tmp_path: Path) -> No
     assert parsed["run"].seed == 4
 
 
+def test_num_workers_is_a_count_or_auto() -> None:
+    prop = settings.section_schema("affinity")["properties"]["num_workers"]
+    assert prop["type"] == ["integer", "string"] and prop["default"] == 0
+    assert settings.config_errors({"cam": {"num_workers": "auto"}}) == []
+    assert settings.config_errors({"cam": {"num_workers": "all"}}) == [
+        "key 'cam.num_workers': 'all' does not match '^auto$'"
+    ]
+    assert settings.typed_strings({"cam": {"num_workers": "2"}}) == {"cam": {"num_workers": 2}}
+    assert _parse(_train_cam_args("--num-workers", "auto"))["cam"].num_workers == "auto"
+    assert _parse(_train_cam_args("--num-workers", "3"))["cam"].num_workers == 3
+    with pytest.raises(PsaError, match="key 'cam.num_workers': 'some' does not match"):
+        _parse(_train_cam_args("--num-workers", "some"))
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

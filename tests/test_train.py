@@ -17,16 +17,20 @@ import pytest
 import torch
 
 from psa_core import io
-from psa_core.cam import fit_cam
+from psa_core.cam import CamTrainDataset, fit_cam, multilabel_soft_margin_loss
 from psa_core.errors import PsaError
 from psa_core.settings import CamSettings
 from psa_core.training import (
     EpochBatchSampler,
+    RunBatchSampler,
     TrainingInterrupted,
     build_optimizer,
     epoch_order,
     sample_rng,
+    train,
+    training_loader,
 )
+from psa_core.transforms import IMAGENET_NORMALIZATION, CamTrainTransform, training_transform
 from tests.train_helpers import (
     tiny_model,
     write_dataset,
@@ -124,6 +128,13 @@ def test_epoch_order_and_batches():
     assert list(EpochBatchSampler(10, 3, seed=1, epoch=0, start=2)) == batches[2:]
 
 
+def test_run_batches_are_the_epochs_batches_in_a_row():
+    epochs = [list(EpochBatchSampler(10, 3, seed=1, epoch=e)) for e in range(3)]
+    assert list(RunBatchSampler(10, 3, seed=1, epochs=3, epoch=0, start=0)) == sum(epochs, [])
+    resumed = RunBatchSampler(10, 3, seed=1, epochs=3, epoch=1, start=2)
+    assert list(resumed) == epochs[1][2:] + epochs[2] and len(resumed) == 4
+
+
 def test_sample_streams_are_distinct():
     draws = {
         tuple(sample_rng(0, e, i).integers(1 << 30, size=2)) for e in range(3) for i in range(3)
@@ -199,6 +210,85 @@ def test_interrupted_and_resumed_equals_uninterrupted(dataset, reference, tmp_pa
 def test_periodic_checkpoint_and_workers_do_not_change_the_result(dataset, reference, tmp_path):
     run(dataset, tmp_path, val=True, num_workers=2, checkpoint_every=2)
     assert_same_weights(tmp_path / "weights.pt", reference[0] / "weights.pt")
+
+
+# -- the input pipeline -------------------------------------------------------------
+
+
+def loader_batches(dataset, num_workers: int, cache_mb: float) -> list[tuple[torch.Tensor, ...]]:
+    """Every batch of a 2-epoch run from `training_loader`, resumed at epoch 0, batch 1."""
+    root, names, labels, _ = dataset
+    settings = CamSettings(crop_size=32, resize_long=(24, 40))
+    transform = training_transform(CamTrainTransform, IMAGENET_NORMALIZATION, settings)
+    images = CamTrainDataset(root, names, labels, transform, seed=5, cache_mb=cache_mb)
+    sampler = RunBatchSampler(len(names), BATCH, seed=5, epochs=EPOCHS, epoch=0, start=1)
+    return list(training_loader(images, sampler, num_workers, torch.device("cpu")))
+
+
+def test_batches_do_not_depend_on_workers_or_the_image_cache(dataset):
+    want = loader_batches(dataset, num_workers=0, cache_mb=0)
+    assert len(want) == MAX_STEP - 1
+    for num_workers, cache_mb in ((0, 64), (2, 0), (2, 64)):
+        got = loader_batches(dataset, num_workers, cache_mb)
+        case = f"{num_workers} workers, cache {cache_mb} MB"
+        assert len(got) == len(want), case
+        for a, b in zip(got, want, strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), case
+
+
+class WithPid(torch.utils.data.Dataset):
+    """A training dataset whose samples also say which process made them."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, key):
+        return (*self.inner[key], torch.tensor(os.getpid()))
+
+
+def test_one_loader_serves_the_run_with_auto_workers_from_the_threads(dataset, tmp_path):
+    """`auto` with 3 threads: 2 workers, started once for all 3 epochs (not 2 per epoch)."""
+    root, names, labels, _ = dataset
+    settings = CamSettings(
+        crop_size=32, resize_long=(24, 40), epochs=3, batch_size=BATCH, num_workers="auto"
+    )
+    transform = training_transform(CamTrainTransform, IMAGENET_NORMALIZATION, settings)
+    images = WithPid(CamTrainDataset(root, names, labels, transform, seed=5, cache_mb=8))
+    pids = []
+
+    def loss_fn(model, batch):
+        *batch, pid = batch
+        pids.extend(pid.tolist())
+        return multilabel_soft_margin_loss(model, batch)
+
+    torch.set_num_threads(3)
+    try:
+        train(
+            tiny_model(),
+            images,
+            loss_fn,
+            settings,
+            device="cpu",
+            out_weights=tmp_path / "weights.pt",
+            checkpoint_path=tmp_path / "checkpoint.pt",
+            log_csv=tmp_path / "log.csv",
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(1)
+    assert len(pids) == 3 * STEPS_PER_EPOCH * BATCH
+    assert len(set(pids)) == 2 and os.getpid() not in pids
+
+
+def test_auto_workers_are_the_threads_but_one():
+    assert CamSettings(num_workers="auto").loader_workers(4) == 3
+    assert CamSettings(num_workers="auto").loader_workers(1) == 0
+    assert CamSettings(num_workers=2).loader_workers(8) == 2
+    with pytest.raises(PsaError, match="num_workers 'many': give a count >= 0 or auto"):
+        CamSettings(num_workers="many").loader_workers(4)
 
 
 def test_resume_with_other_settings_is_refused(dataset, tmp_path):
