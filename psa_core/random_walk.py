@@ -16,11 +16,17 @@ sparse CSR matrix (`transition_matrix`) and multiply.
 Cells of a grid too small for a single pair (fewer than `radius` rows or
 2·radius − 1 columns) have only their diagonal: T is the identity there and
 the walk returns the scores unchanged.
+
+The walk is linear in its input, and only the background row of `walk_input`
+depends on the background exponent alpha: `alpha_sweep_masks` scores a sweep
+over alpha from one walk of the class rows and one more walked row per alpha.
 """
 
 from __future__ import annotations
 
+import functools
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -28,7 +34,7 @@ import torch.nn.functional as F
 
 from psa_core.affinity import check_grid_size, pair_indices, pair_offsets, pool_scores
 from psa_core.constants import BACKGROUND_INDEX, FEATURE_STRIDE
-from psa_core.crf import score_stack
+from psa_core.crf import background_score, score_stack
 from psa_core.errors import PsaError
 from psa_core.settings import RandomWalkSettings
 
@@ -67,6 +73,35 @@ def grid_pairs(height: int, width: int, radius: int) -> tuple[np.ndarray, np.nda
     return np.repeat(from_index[None], to_index.shape[0], axis=0).reshape(-1), to_index.reshape(-1)
 
 
+@functools.lru_cache(maxsize=16)
+def _transition_layout(
+    height: int, width: int, radius: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where A's entries go in the CSR arrays of Tᵀ, which depends on the grid only.
+
+    Entries in the order [pairs i→j, pairs j→i, diagonal]: (column of A (N_entries,),
+    their order in Tᵀ's CSR values, crow_indices (N + 1,), col_indices (N_entries,)).
+    Built once per grid size and device: sorting the entries of every image
+    (`coalesce`) took a quarter to a third of the walk's time on a 2-core CPU.
+    """
+    src, dst = grid_pairs(height, width, radius)
+    n = height * width
+    diag = np.arange(n)
+    rows = np.concatenate([src, dst, diag])  # A's row i of each entry ...
+    cols = np.concatenate([dst, src, diag])  # ... and its column j: Tᵀ[j, i]
+    order = np.lexsort((rows, cols))  # Tᵀ's row-major order; no entry repeats
+    crow = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))])
+    # int32 indices: the same products, a quarter faster on the CPU; CUDA keeps the
+    # int64 layout the GPU runs were measured with
+    index_dtype = torch.int32 if device.type == "cpu" else torch.int64
+    return (
+        torch.from_numpy(cols).to(device),
+        torch.from_numpy(order).to(device),
+        torch.from_numpy(crow).to(device, index_dtype),
+        torch.from_numpy(rows[order]).to(device, index_dtype),
+    )
+
+
 def transition_matrix(
     aff: torch.Tensor, height: int, width: int, beta: float = DEFAULT_BETA
 ) -> torch.Tensor:
@@ -82,31 +117,26 @@ def transition_matrix(
     """
     num_offsets = aff.shape[0]
     radius = radius_of(num_offsets)
-    src, dst = grid_pairs(height, width, radius)
-    if aff.numel() != src.size:
-        raise PsaError(
-            f"affinities have shape {tuple(aff.shape)} but a {height}x{width} grid at radius "
-            f"{radius} has {num_offsets}x{src.size // max(num_offsets, 1)} pairs; "
-            "they must come from the same image"
-        )
     n = height * width
     device, dtype = aff.device, aff.dtype
+    cols, order, crow, col_indices = _transition_layout(height, width, radius, device)
+    num_pairs = (cols.numel() - n) // 2
+    if aff.numel() != num_pairs:
+        raise PsaError(
+            f"affinities have shape {tuple(aff.shape)} but a {height}x{width} grid at radius "
+            f"{radius} has {num_offsets}x{num_pairs // max(num_offsets, 1)} pairs; "
+            "they must come from the same image"
+        )
     values = aff.reshape(-1).clamp_min(0) ** beta
-    src_t = torch.from_numpy(src).to(device)
-    dst_t = torch.from_numpy(dst).to(device)
-    diag = torch.arange(n, device=device)
-    rows = torch.cat([src_t, dst_t, diag])
-    cols = torch.cat([dst_t, src_t, diag])
     vals = torch.cat([values, values, torch.ones(n, device=device, dtype=dtype)])
     degree = torch.zeros(n, device=device, dtype=dtype).index_add_(0, cols, vals)
     vals = vals / degree[cols]  # column j of A over d_j
     # Tᵀ[j, i] = A[i, j] / d_j: rows of Tᵀ are the columns of A.
-    coo = torch.sparse_coo_tensor(
-        torch.stack([cols, rows]), vals, (n, n), check_invariants=False
-    ).coalesce()
     with warnings.catch_warnings():  # "CSR support is in beta": the CSR matmul is what we need
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return coo.to_sparse_csr()
+        return torch.sparse_csr_tensor(
+            crow, col_indices, vals[order], (n, n), check_invariants=False
+        )
 
 
 def random_walk(
@@ -165,11 +195,34 @@ def walk_input(cams: np.ndarray, alpha: float) -> np.ndarray:
         (C + 1, h, w) float32 on the stride-8 grid of the padded image,
         background first.
     """
-    stack = score_stack(cams, alpha)
+    return _padded_pooled(score_stack(cams, alpha))
+
+
+def _padded_pooled(stack: np.ndarray) -> np.ndarray:
+    """(C, H, W) scores zero-padded like the image and 8×8-pooled: (C, h, w) float32."""
     height, width = stack.shape[1:]
     pad_h, pad_w = padded_size(height, width)
     stack = np.pad(stack, ((0, 0), (0, pad_h - height), (0, pad_w - width)))
     return np.ascontiguousarray(np.moveaxis(pool_scores(np.moveaxis(stack, 0, -1)), -1, 0))
+
+
+def _upsampled(scores: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """(C, h, w) walked scores → (C, H, W): bilinear ×8 to the padded size, cropped."""
+    height, width = size_hw
+    grid = scores.shape[-2:]
+    up = F.interpolate(
+        scores[None],
+        size=(grid[0] * FEATURE_STRIDE, grid[1] * FEATURE_STRIDE),
+        mode="bilinear",
+        align_corners=False,
+    )
+    return up[0, :, :height, :width]
+
+
+def _segmentation_lut(class_ids: np.ndarray) -> np.ndarray:
+    """Stack position → segmentation index (0 background, class id + 1), uint8."""
+    ids = np.asarray(class_ids, dtype=np.int64) + 1
+    return np.concatenate([[BACKGROUND_INDEX], ids]).astype(np.uint8)
 
 
 def scores_to_mask(
@@ -185,14 +238,78 @@ def scores_to_mask(
     Returns:
         (H, W) uint8 segmentation indices (0 background, class id + 1).
     """
-    scores_t = torch.as_tensor(scores, dtype=torch.float32)
-    height, width = size_hw
-    grid = scores_t.shape[-2:]
-    up = F.interpolate(
-        scores_t[None],
-        size=(grid[0] * FEATURE_STRIDE, grid[1] * FEATURE_STRIDE),
-        mode="bilinear",
-        align_corners=False,
-    )[0, :, :height, :width]
-    lut = np.concatenate([[BACKGROUND_INDEX], np.asarray(class_ids, dtype=np.int64) + 1])
-    return lut.astype(np.uint8)[up.argmax(dim=0).cpu().numpy()]
+    up = _upsampled(torch.as_tensor(scores, dtype=torch.float32), size_hw)
+    # max(dim).indices is argmax (the first maximum on ties), many times faster on the CPU
+    return _segmentation_lut(class_ids)[up.max(dim=0).indices.cpu().numpy()]
+
+
+def alpha_sweep_masks(
+    aff: torch.Tensor | np.ndarray,
+    cams: np.ndarray,
+    walked: torch.Tensor | np.ndarray,
+    class_ids: np.ndarray,
+    alphas: Sequence[float],
+    *,
+    walked_alpha: float,
+    beta: float = DEFAULT_BETA,
+    logt: int = DEFAULT_LOGT,
+    device: torch.device | str = "cpu",
+) -> np.ndarray:
+    """The walk's masks at every background exponent of `alphas` (docs/design.md §1.5).
+
+    Mask `a` equals `scores_to_mask(random_walk(aff, walk_input(cams, a)), (H, W),
+    class_ids)`, but the walk is linear and only the background row of its input
+    depends on alpha: the class rows come from `walked` (the walk at `walked_alpha`,
+    as the random-walk stage stored it), the background rows of the other alphas
+    walk together in one call over one transition matrix, and the class rows are
+    upsampled and maximised once.
+
+    Args:
+        aff: (n_offsets, n_from) pair affinities of the image (`random_walk`).
+        cams: (C, H, W) float in [0, 1], the present classes' CAMs the walk started from.
+        walked: (C + 1, h, w) float32, `random_walk(aff, walk_input(cams, walked_alpha))`.
+        class_ids: (C,) 0-based ids of the present classes, in stack order.
+        alphas: (A,) background exponents to score.
+        walked_alpha: the background exponent of `walked`.
+        beta, logt: the walk's, as `random_walk`.
+        device: where the walk, the upsampling and the argmax run.
+
+    Returns:
+        (A, H, W) uint8 segmentation indices (0 background, class id + 1), one mask per alpha.
+    """
+    if walked.shape[0] != len(class_ids) + 1 or tuple(walked.shape[1:]) != tuple(
+        d // FEATURE_STRIDE for d in padded_size(*cams.shape[1:])
+    ):
+        raise PsaError(
+            f"walked scores have shape {tuple(walked.shape)} but the CAMs {tuple(cams.shape)} "
+            f"of {len(class_ids)} classes start a walk of shape (C + 1, h, w) on their stride-8 "
+            "grid; they must come from the same image (rerun the random-walk stage)"
+        )
+    device = torch.device(device)
+    walked_t = torch.as_tensor(walked, dtype=torch.float32).to(device)
+    others = [float(a) for a in alphas if float(a) != float(walked_alpha)]
+    backgrounds = {float(walked_alpha): walked_t[0]}
+    if others:
+        base = background_score(cams, 1.0)  # 1 − max cam; background_score(cams, a) = base^a
+        start = np.power(base, np.asarray(others, np.float32)[:, None, None])  # (A', H, W)
+        start_t = torch.from_numpy(_padded_pooled(start)).to(device)
+        aff_t = torch.as_tensor(aff, dtype=torch.float32).to(device)
+        backgrounds.update(zip(others, random_walk(aff_t, start_t, beta, logt), strict=True))
+    size = cams.shape[1:]
+    if walked_t.shape[0] > 1:
+        # argmax over (background, classes) is the background where it is not below
+        # the best class (argmax takes the first maximum), else that class
+        best = _upsampled(walked_t[1:], size).max(dim=0)
+        best_value, best_index = best.values, best.indices + 1
+    else:  # no present class: all background
+        best_value = torch.full(size, -torch.inf, device=device)
+        best_index = torch.zeros(size, dtype=torch.int64, device=device)
+    index = torch.stack(
+        [
+            torch.where(
+                _upsampled(backgrounds[float(a)][None], size)[0] >= best_value, 0, best_index
+            )
+            for a in alphas
+        ]
+    )
+    return _segmentation_lut(class_ids)[index.cpu().numpy()]

@@ -179,6 +179,7 @@ def evaluate_random_walk(
     cams: Sequence[Path],
     walk: RandomWalkSettings,
     evaluate: RandomWalkEvaluateSettings,
+    run: Annotated[RunSettings, Keys("device")],
     reports: Reports,
     out_plot: Path,
 ) -> None:
@@ -186,7 +187,9 @@ def evaluate_random_walk(
 
     The configured alpha is scored from the stored masks' scores; for every
     alpha of the sweep only the background row walks again, over the stored
-    affinities (the class rows do not depend on alpha), so no network runs.
+    affinities (the class rows do not depend on alpha), so no network runs:
+    per image one walk of the other alphas' background rows together
+    (`psa_core.random_walk.alpha_sweep_masks`), on the configured device.
 
     Args:
         walks: the split's walked-score shards.
@@ -194,33 +197,34 @@ def evaluate_random_walk(
         cams: the split's CAM shards.
         out_plot: the sweep's plot to write (.svg or .png).
     """
-    import torch
-
+    from psa_core.device import resolve_device
     from psa_core.evaluate import SweepConfusion, write_sweep_report
-    from psa_core.random_walk import random_walk, scores_to_mask, walk_input
+    from psa_core.random_walk import alpha_sweep_masks
     from psa_core.transforms import to_size_of
 
     alpha, beta, logt = walk.alpha, walk.beta, walk.logt
     classes = data.classes(*walks)
     grid = sorted({float(a) for a in evaluate.alphas} | {float(alpha)})
+    device = resolve_device(run.device)
     sweep = SweepConfusion(len(classes) + 1, grid)
-    items = _iter_walks(data.ground_truth(), walks, affinities, cams)
-    for name, walked, aff, maps, class_ids, full_gt in items:
-        size = maps.shape[1:]  # the working size: ground truth scaled to it (§1.8)
-        gt = to_size_of(full_gt, size, "nearest")
-        if gt is None:
-            raise PsaError(
-                f"CAMs of '{name}' are {size[1]}x{size[0]} but its mask is "
-                f"{full_gt.shape[1]}x{full_gt.shape[0]}; rerun the pipeline for this dataset"
-            )
-        backgrounds = np.stack([walk_input(maps, a)[0] for a in grid])  # (A, h, w)
-        walked_bg = random_walk(torch.from_numpy(aff), torch.from_numpy(backgrounds), beta, logt)
-        for index, a in enumerate(grid):
-            if a == float(alpha):
-                stack = walked  # exactly the masks the stage wrote
-            else:
-                stack = np.concatenate([walked_bg[index : index + 1].numpy(), walked[1:]])
-            sweep.add(index, scores_to_mask(stack, size, class_ids), gt)
+    truth = data.ground_truth()
+    with timed("alpha sweep", len(truth)):
+        for name, walked, aff, maps, class_ids, full_gt in _iter_walks(
+            truth, walks, affinities, cams
+        ):
+            size = maps.shape[1:]  # the working size: ground truth scaled to it (§1.8)
+            gt = to_size_of(full_gt, size, "nearest")
+            if gt is None:
+                raise PsaError(
+                    f"CAMs of '{name}' are {size[1]}x{size[0]} but its mask is "
+                    f"{full_gt.shape[1]}x{full_gt.shape[0]}; rerun the pipeline for this dataset"
+                )
+            masks = alpha_sweep_masks(
+                aff, maps, walked, class_ids, grid,
+                walked_alpha=alpha, beta=beta, logt=logt, device=device,
+            )  # fmt: skip
+            for index, mask in enumerate(masks):
+                sweep.add(index, mask, gt)
     result = sweep.result("alpha", grid, published=float(alpha))
     result.update(data.scored_counts(result["num_images"]))
     log.info(

@@ -57,11 +57,12 @@ rule evaluate_random_walk:
         "../../envs/psa.yaml"
     threads: 2
     params:
-        settings=job_settings("random_walk", "random_walk.evaluate"),
+        settings=job_settings("random_walk", "random_walk.evaluate", ":device"),
         root=DATA_ROOT,
     shell:
         "exec python -m psa_core evaluate-random-walk --settings {params.settings:q}"
-        " --root {params.root:q} --images {input.images:q} --labels {input.labels:q}"
+        " --threads {threads} --root {params.root:q}"
+        " --images {input.images:q} --labels {input.labels:q}"
         " --walks {input.walks:q} --affinities {input.affinities:q} --cams {input.cams:q}"
         " --out-json {output.metrics:q} --out-csv {output.table:q} --out-plot {output.plot:q}"
         " > {log:q} 2>&1"
