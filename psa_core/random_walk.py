@@ -24,9 +24,10 @@ over alpha from one walk of the class rows and one more walked row per alpha.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -139,6 +140,25 @@ def transition_matrix(
         )
 
 
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """The walk's sparse products on one CPU thread (torch's count restored after).
+
+    Each product is well under a millisecond of work: a second thread gains
+    nothing, and where another process holds a core every product waits for the
+    descheduled thread, 20 to 60 times slower (benchmarks/RESULTS.md).
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def random_walk(
     aff: torch.Tensor | np.ndarray,
     cams: torch.Tensor | np.ndarray,
@@ -172,8 +192,9 @@ def random_walk(
     channels, height, width = cams_t.shape
     transition = transition_matrix(aff_t, height, width, beta)
     scores = cams_t.reshape(channels, -1).T.contiguous()  # (N, C)
-    for _ in range(2 ** int(logt)):
-        scores = transition @ scores
+    with _one_cpu_thread(scores.device):
+        for _ in range(2 ** int(logt)):
+            scores = transition @ scores
     out = scores.T.reshape(channels, height, width).contiguous()
     return out.cpu().numpy() if as_numpy else out
 

@@ -42,6 +42,16 @@ SHORT_LOGT = 5
 """The single-image cases walk 32 steps: what they check holds for any length."""
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: a walk's 256 small sparse products run no faster on two, and on a
+    busy 2-core machine each product then waits for a descheduled thread (about 50x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # -- inputs -------------------------------------------------------------------------
 
 
