@@ -32,7 +32,7 @@ plain-torch files of the same network therefore all load with `strict=True`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import torch
@@ -68,6 +68,14 @@ class Backbone(Protocol):
     def frozen_modules(self) -> list[nn.Module]: ...
 
 
+def _draw(init: Callable[..., Any], tensor: Tensor, **kwargs: Any) -> None:
+    """`init(tensor, **kwargs)`, but nothing on the meta device: a network built there
+    gets every tensor from its checkpoint (`psa_core.models.create_model`), and some
+    initialisers cost about 1 s of lazy imports on meta tensors."""
+    if not tensor.is_meta:
+        init(tensor, **kwargs)
+
+
 # -- heads --------------------------------------------------------------------
 
 
@@ -91,7 +99,7 @@ class CAMHead(nn.Module):
         self.sqrt_cam = sqrt_cam
         self.dropout7 = nn.Dropout2d(dropout)
         self.fc8 = nn.Conv2d(in_channels, num_classes, 1, bias=False)
-        nn.init.xavier_uniform_(self.fc8.weight)
+        _draw(nn.init.xavier_uniform_, self.fc8.weight)
 
     def forward(self, feature: Tensor) -> Tensor:
         """feature: (B, C, h, w) → logits (B, K)."""
@@ -125,10 +133,10 @@ class AffinityHead(nn.Module):
         self.num_offsets = len(pair_offsets(radius))
         for index, (level, width) in enumerate(zip(FEATURE_LEVELS, AFFINITY_WIDTHS, strict=True)):
             conv = nn.Conv2d(in_channels[level], width, 1, bias=False)
-            nn.init.kaiming_normal_(conv.weight)
+            _draw(nn.init.kaiming_normal_, conv.weight)
             self.add_module(f"f8_{index + 3}", conv)
         self.f9 = nn.Conv2d(AFFINITY_CHANNELS, AFFINITY_CHANNELS, 1, bias=False)
-        nn.init.xavier_uniform_(self.f9.weight, gain=4)
+        _draw(nn.init.xavier_uniform_, self.f9.weight, gain=4)
         self.group_norm = group_norm
         if group_norm:
             for index, (groups, width) in enumerate(
@@ -179,10 +187,10 @@ class SegHead(nn.Module):
         self.seg6 = nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation)
         self.seg_drop = nn.Dropout2d(dropout)
         self.seg8 = nn.Conv2d(channels, num_classes, 1)
-        nn.init.kaiming_normal_(self.seg6.weight, nonlinearity="relu")
-        nn.init.zeros_(self.seg6.bias)
-        nn.init.normal_(self.seg8.weight, std=0.01)  # DeepLab's classifier initialisation
-        nn.init.zeros_(self.seg8.bias)
+        _draw(nn.init.kaiming_normal_, self.seg6.weight, nonlinearity="relu")
+        _draw(nn.init.zeros_, self.seg6.bias)
+        _draw(nn.init.normal_, self.seg8.weight, std=0.01)  # DeepLab's classifier initialisation
+        _draw(nn.init.zeros_, self.seg8.bias)
 
     def forward(self, feature: Tensor) -> Tensor:
         """feature: (B, C, h, w) → logits (B, K + 1, h, w) at stride 8."""
