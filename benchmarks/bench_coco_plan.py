@@ -142,9 +142,8 @@ def dry_run(workdir: Path) -> tuple[float, int]:
     return seconds, int(total.group(1)) if total else 0
 
 
-def dag_table(root: Path, workdir: Path) -> None:
-    """Time the dry run of a COCO-2014-scale dataset, first without then with the caches."""
-    workdir.mkdir(parents=True, exist_ok=True)
+def write_coco_config(workdir: Path, root: Path) -> None:
+    """`workdir/config.yaml` for the COCO-2014-scale dataset at `root` (shard size 128)."""
     config = {
         "output_dir": "results",
         "device": "cpu",
@@ -152,6 +151,12 @@ def dag_table(root: Path, workdir: Path) -> None:
                     "val_split": None, "eval_splits": ["val2014"], "shard_size": 128},
     }  # fmt: skip
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def dag_table(root: Path, workdir: Path) -> None:
+    """Time the dry run of a COCO-2014-scale dataset, first without then with the caches."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_coco_config(workdir, root)
     print("\n| dry run | seconds | jobs |\n|---|---:|---:|")
     for what in ("first (parses both files, writes the caches)", "second (caches)"):
         seconds, jobs = dry_run(workdir)

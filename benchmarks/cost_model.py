@@ -682,17 +682,11 @@ def plan_jobs(kind: str, workdir: Path) -> dict[str, dict[str, Any]]:
         assert split_sizes == VOC_SPLIT_SIZES
         write_config(workdir, root, 128)
     else:
-        from bench_coco_plan import COCO_2014_SPLITS, write_coco_scale
+        from bench_coco_plan import COCO_2014_SPLITS, write_coco_config, write_coco_scale
 
         write_coco_scale(root)
         split_sizes = dict(COCO_2014_SPLITS)
-        config = {
-            "output_dir": "results",
-            "device": "cpu",
-            "dataset": {"kind": "coco", "root": str(root), "train_split": "train2014",
-                        "val_split": None, "eval_splits": ["val2014"], "shard_size": 128},
-        }  # fmt: skip
-        (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+        write_coco_config(workdir, root)
     shard_size = 128
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
