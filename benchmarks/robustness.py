@@ -10,7 +10,7 @@ acceptance checks: RW train (configured alpha) >= CAM best train + 5 points,
 and seg val >= RW val - 3 points. Family `demo` is the built-in synthetic
 dataset with the committed config as it is.
 
-    python benchmarks/robustness.py --families texture shapes demo --workdir /tmp/psa-robustness
+    python benchmarks/robustness.py --families texture shapes hue demo --workdir /tmp/psa-robustness
     python benchmarks/robustness.py --workdir /tmp/psa-robustness --tables-only
     python benchmarks/robustness.py --families texture --stop-after cam \\
         --config-override cam.yaml --workdir /tmp/psa-rb-cam

@@ -9,6 +9,8 @@ family name to its `generate`.
              on a blob of random colour; gradient backgrounds with plain clutter.
     shapes   ~320 px; the class is the outline (star, ring, cross, crescent);
              textured backgrounds, distractor ellipses and rectangles, overlaps.
+    hue      ~176 px; the class is the hue of a saturated shape; desaturated
+             backgrounds and clutter, brightness varied over each object.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import shapes, texture
+from . import hue, shapes, texture
 from .common import CLASSES
 
 Generate = Callable[..., Path]
 """`generate(root: str | os.PathLike, seed: int, num_train: int, num_val: int) -> Path`."""
 
-FAMILIES: dict[str, Generate] = {"texture": texture.generate, "shapes": shapes.generate}
+FAMILIES: dict[str, Generate] = {
+    "texture": texture.generate,
+    "shapes": shapes.generate,
+    "hue": hue.generate,
+}
 
 __all__ = ["CLASSES", "FAMILIES", "Generate"]
