@@ -4,14 +4,20 @@ its CAMs land? (issue 17, item 2: one hypothesis a run.)
 Trains the `tiny` CAM network in process on a generated family's train split with the
 committed `config.yaml`'s `cam` section (`--family demo`: the demo's synthetic set, the
 control) (plus `--set KEY=VALUE` overrides of that
-section), then prints the final training and validation loss and the val CAM mIoU at
-the published and the best background threshold. A `--variant` changes the network:
+section), then prints the final training and validation loss, the val CAM mIoU at
+the published and the best background threshold, and where the CAMs land: the
+share of (image, present class) pairs whose CAM peak is on an object of that class,
+and the share of the class's CAM mass on its pixels. A `--variant` changes the network:
 
     default   the committed `tiny` backbone
     stem1     one stride-1 3x3 conv-BN-ReLU (16 channels) in front of the stride-2 stem,
               so that patterns finer than the first stride reach a layer at full
               resolution (hypothesis: the stride-2 first layer aliases them away)
     wide      `tiny` with width 64 (twice the channels; hypothesis: capacity)
+    dil24     blocks 5 and 6 at dilation 2 and 4, as `tiny` had them before issue 17:
+              receptive field 239 px instead of 111 px (the measured cause of CAMs
+              spread off the objects: every CAM cell saw the whole image)
+    dil12     blocks 5 and 6 at dilation 1 and 2: receptive field 175 px
 
     python benchmarks/cam_probe.py --family texture --variant default --epochs 20
     python benchmarks/cam_probe.py --family texture --variant stem1 --epochs 20
@@ -41,6 +47,9 @@ from psa_core.evaluate import CamThresholdSweep  # noqa: E402
 from psa_core.models import create_model  # noqa: E402
 from psa_core.models.tiny import _conv_norm_relu  # noqa: E402
 
+DILATIONS = {"dil24": (2, 4), "dil12": (1, 2)}
+"""Dilations of tiny's blocks 5 and 6 per variant (the committed net has 1 and 1)."""
+
 
 def _variant(net: nn.Module, variant: str) -> nn.Module:
     if variant == "stem1":
@@ -48,8 +57,13 @@ def _variant(net: nn.Module, variant: str) -> nn.Module:
         first = stem[0][0]
         stem[0][0] = nn.Conv2d(16, first.out_channels, 3, 2, padding=1, bias=False)
         net.backbone.stem = nn.Sequential(_conv_norm_relu(3, 16, stride=1), *stem)
+    elif variant in DILATIONS:
+        blocks = (net.backbone.block5, net.backbone.block6)
+        for block, dilation in zip(blocks, DILATIONS[variant], strict=True):
+            for conv in (block.conv1, block.conv2):
+                conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
     elif variant not in ("default", "wide"):
-        raise SystemExit(f"--variant {variant}: use default, stem1 or wide")
+        raise SystemExit(f"--variant {variant}: use default, stem1, wide, dil24 or dil12")
     return net
 
 
@@ -78,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--num-train", type=int, default=None, help="train images of a family (default its own)"
     )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and training")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -99,11 +114,11 @@ def main(argv: list[str] | None = None) -> None:
         labels = {n: label for n, (label, _) in {**train, **val}.items()}
         images = {n: f.image for n, (_, f) in {**train, **val}.items()}
         width = {"width": 64} if args.variant == "wide" else {}
-        net = create_model("tiny", "cam", len(classes), seed=0, **width)
+        net = create_model("tiny", "cam", len(classes), seed=args.seed, **width)
         net = _variant(net, args.variant)
         start = time.perf_counter()
         fit_cam(
-            net, images, list(train), labels, cam, seed=0, val_names=list(val),
+            net, images, list(train), labels, cam, seed=args.seed, val_names=list(val),
             device="cpu", out_weights=Path(tmp) / "w.pt",
             checkpoint_path=Path(tmp) / "c.pt", log_csv=Path(tmp) / "log.csv", progress=False,
         )  # fmt: skip
@@ -111,18 +126,32 @@ def main(argv: list[str] | None = None) -> None:
         rows = [line.split(",") for line in (Path(tmp) / "log.csv").read_text().splitlines()]
         last = {row[2]: float(row[3]) for row in rows[1:]}
         net.eval()
+        peaks: list[bool] = []  # per (image, present class): the CAM's peak on that class
+        mass: list[float] = []  # share of the class's CAM mass on that class's pixels
+        area: list[float] = []  # share of the image those pixels cover (chance level of mass)
         sweep = CamThresholdSweep(len(classes) + 1, [i / 20 for i in range(1, 13)])
         with torch.no_grad():
             for label, files in val.values():
                 image = io.read_image(files.image)
                 maps = multiscale_cam(net, image, label, scales=(1.0, 0.5, 1.5, 2.0))
                 present = np.flatnonzero(label > 0)
-                sweep.add(maps[present], present, io.read_mask(files.mask))
+                mask = io.read_mask(files.mask)
+                sweep.add(maps[present], present, mask)
+                for c in present:
+                    on = mask == c + 1
+                    peaks.append(bool(on.flat[int(np.argmax(maps[c]))]))
+                    mass.append(float(maps[c][on].sum() / max(float(maps[c].sum()), 1e-9)))
+                    area.append(float(on.mean()))
         result = sweep.result(0.2)
     at = next(row for row in result["thresholds"] if row["threshold"] == 0.2)
+    print(
+        f"localisation: peak on the object {100 * np.mean(peaks):.0f} %, CAM mass on it "
+        f"{100 * np.mean(mass):.0f} % (its area {100 * np.mean(area):.0f} %)"
+    )
     print("per-class IoU @0.2:", " ".join(f"{100 * (v or 0):.1f}" for v in at["per_class_iou"]))
     print(
-        f"| {args.family} | {args.variant} | {args.epochs} | {' '.join(args.set) or '-'} "
+        f"| {args.family} | {args.variant} | {args.seed} | {args.epochs} "
+        f"| {' '.join(args.set) or '-'} "
         f"| {last.get('train', float('nan')):.3f} | {last.get('val', float('nan')):.3f} "
         f"| {100 * result['published_miou']:.1f} | {100 * result['best_miou']:.1f} "
         f"({result['best_threshold']}) | {seconds:.0f} |"
