@@ -290,3 +290,31 @@ def test_vgg_cam_is_sqrt_of_relu_of_the_head_conv():
     assert model.head.sqrt_cam
     assert not build_model("tiny", "cam").head.sqrt_cam
     assert not build_model("resnet38d", "cam").head.sqrt_cam
+
+
+def _receptive_field(net: torch.nn.Module, size: int = 512) -> int:
+    """Width (px) of the input rows that move conv6's centre cell: brute force by autograd."""
+    net.eval()
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    x.requires_grad_(True)
+    conv6 = net(x)["conv6"]
+    centre = conv6[0, :, conv6.shape[2] // 2, conv6.shape[3] // 2]
+    # a random direction over the channels so no channel's zero gradient hides the field
+    weights = torch.randn(centre.shape, generator=torch.Generator().manual_seed(0))
+    (grad,) = torch.autograd.grad((centre * weights).sum(), x)
+    cols = torch.nonzero(grad.abs().sum(dim=(0, 1, 2))).flatten()
+    return int(cols.max() - cols.min() + 1)
+
+
+@pytest.mark.parametrize(("dilations", "field"), [((1, 1), 111), ((2, 4), 239)])
+def test_tiny_receptive_field(dilations, field):
+    """3 stride-2 3x3 convs reach 15 px at stride 8; each 3x3 conv of dilation d there adds
+    16·d: block4 (d 1, 1) 47, block5 (2 convs at d1) 79 or 111, block6 (d2) 111 or 239.
+    The default stays below the 100-200 px images `tiny` trains on (issue 17)."""
+    from psa_core.models.tiny import tiny
+
+    torch.manual_seed(0)
+    net = tiny(width=8, dilations=dilations)
+    assert _receptive_field(net) == field
+    if dilations == (1, 1):
+        assert _receptive_field(tiny(width=8)) == field  # the default
