@@ -65,7 +65,7 @@ class TinyNet(nn.Module):
 
     Three stride-2 conv-BN-ReLU layers (width/2, width, width) and a residual
     block give "conv4" (width channels); two more residual blocks, at
-    `dilations` (default none: see the module docstring), give "conv5"
+    `dilations` (default 1 and 1, undilated: see the module docstring), give "conv5"
     (2·width) and "conv6" (4·width). Grid ceil(H / 8) × ceil(W / 8).
     """
 

@@ -11,6 +11,7 @@ import torch
 from psa_core.constants import FEATURE_STRIDE
 from psa_core.errors import PsaError
 from psa_core.models import BACKBONES, HEADS, build_model
+from psa_core.models.tiny import tiny
 from psa_core.optim import param_groups
 from psa_core.transforms import CAFFE_VGG_NORMALIZATION, IMAGENET_NORMALIZATION
 
@@ -308,11 +309,10 @@ def _receptive_field(net: torch.nn.Module, size: int = 512) -> int:
 
 @pytest.mark.parametrize(("dilations", "field"), [((1, 1), 111), ((2, 4), 239)])
 def test_tiny_receptive_field(dilations, field):
-    """3 stride-2 3x3 convs reach 15 px at stride 8; each 3x3 conv of dilation d there adds
-    16·d: block4 (d 1, 1) 47, block5 (2 convs at d1) 79 or 111, block6 (d2) 111 or 239.
-    The default stays below the 100-200 px images `tiny` trains on (issue 17)."""
-    from psa_core.models.tiny import tiny
-
+    """Hand count: three stride-2 3x3 convs reach 15 px at stride 8, and each 3x3 conv of
+    dilation d there adds 16·d. Block 4 (two convs, d 1) gives 47; blocks 5 and 6 add 32·d
+    each: 47 + 32 + 32 = 111 undilated, 47 + 64 + 128 = 239 at d 2 and 4. The default
+    stays below the 100-200 px images `tiny` trains on (issue 17)."""
     torch.manual_seed(0)
     net = tiny(width=8, dilations=dilations)
     assert _receptive_field(net) == field
