@@ -29,7 +29,7 @@ from psa_core.affinity import pair_indices
 from psa_core.constants import FEATURE_STRIDE
 from psa_core.data import gt_mask_path, read_labels
 from psa_core.evaluate import SweepConfusion
-from psa_core.random_walk import _padded_pooled, random_walk, scores_to_mask, walk_input
+from psa_core.random_walk import _padded_pooled, alpha_sweep_masks, random_walk, walk_input
 
 UNKNOWN_AFFINITY = 0.5
 """Affinity of a mostly uncertain cell (CRF labels) to every partner."""
@@ -82,17 +82,15 @@ def main() -> None:
                 (path,) = label_maps.glob(f"*/{name}.png")
                 labels = io.read_mask(path)
             oracle = oracle_affinities(labels, num_classes, args.radius)
-            starts = np.stack([walk_input(cams[name][0], a) for a in args.alphas])
-            # all alphas in one walk: the class rows are shared, one background row each
-            channels = torch.from_numpy(np.concatenate([starts[:, 0], starts[0, 1:]]))
-            n = len(args.alphas)
+            start = torch.from_numpy(walk_input(cams[name][0], args.alphas[0]))
             for kind, pairs in (("net", np.asarray(aff)), ("oracle", oracle)):
                 for logt in args.logts:
-                    walked = random_walk(torch.from_numpy(pairs), channels, args.beta, logt)
-                    walked = walked.numpy()
-                    for index in range(n):
-                        stack = np.concatenate([walked[index : index + 1], walked[n:]])
-                        mask = scores_to_mask(stack, gt.shape, class_ids)
+                    walked = random_walk(torch.from_numpy(pairs), start, args.beta, logt)
+                    masks = alpha_sweep_masks(
+                        pairs, cams[name][0], walked, class_ids, args.alphas,
+                        walked_alpha=args.alphas[0], beta=args.beta, logt=logt,
+                    )  # fmt: skip
+                    for index, mask in enumerate(masks):
                         sweeps[(kind, logt)].add(index, mask, gt)
     print(
         f"{args.run}, train, beta {args.beta:g}, oracle from {args.oracle}, stride {FEATURE_STRIDE}"
