@@ -215,6 +215,23 @@ class Layout:
         return int((self.instance == index).sum())
 
 
+def paint_on_top(
+    image: np.ndarray,
+    layout: Layout,
+    draw: Callable[[], tuple | None],
+    colour: Callable[[tuple], np.ndarray],
+    tries: int,
+) -> None:
+    """One distractor over the objects: up to `tries` calls of `draw()` (a (window, alpha,
+    ...) tuple or None); the first that leaves every object visible enough is placed on
+    `layout` as id 0 and painted with `colour(item)`."""
+    for _ in range(tries):
+        item = draw()
+        if item is not None and layout.try_place(Placed(item[0], item[1], 0)):
+            paint(image, item[0], item[1], colour(item))
+            return
+
+
 def border_centre(
     rng: np.random.Generator, height: int, width: int, radius: float, at_border: bool
 ) -> tuple[float, float]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import colorsys
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ from .common import (
     finish_sample,
     gradient,
     paint,
+    paint_on_top,
     polygon_sdf,
     smooth_noise,
     window,
@@ -156,11 +158,8 @@ def draw_sample(rng: np.random.Generator) -> Sample:
     for placed, cls in objects:
         paint(image, placed.win, placed.alpha, _object_colour(rng, cls, placed.win, height, width))
     if rng.random() < TOP_CLUTTER_FRACTION:
-        for _ in range(MAX_TRIES):
-            item = _clutter(rng, height, width)
-            if item is not None and layout.try_place(Placed(item[0], item[1], 0)):
-                paint(image, item[0], item[1], _dull(rng))
-                break
+        draw = partial(_clutter, rng, height, width)
+        paint_on_top(image, layout, draw, lambda _: _dull(rng), MAX_TRIES)
     image += rng.normal(0, rng.uniform(*NOISE_SIGMA), size=image.shape).astype(np.float32)
     return finish_sample(image, layout.instance, [cls for _, cls in objects])
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from .common import (
     ellipse_sdf,
     finish_sample,
     paint,
+    paint_on_top,
     polygon_sdf,
     random_colour,
     smooth_noise,
@@ -183,11 +185,8 @@ def draw_sample(rng: np.random.Generator) -> Sample:
     for placed, _, radius in objects:
         paint(image, placed.win, placed.alpha, _shaded(rng, placed.win, radius))
     if rng.random() < TOP_CLUTTER_FRACTION:
-        for _ in range(MAX_TRIES):
-            item = _distractor(rng, height, width)
-            if item is not None and layout.try_place(Placed(item[0], item[1], 0)):
-                paint(image, item[0], item[1], _shaded(rng, item[0], item[2]))
-                break
+        draw = partial(_distractor, rng, height, width)
+        paint_on_top(image, layout, draw, lambda item: _shaded(rng, item[0], item[2]), MAX_TRIES)
     image += rng.normal(0, rng.uniform(*NOISE_SIGMA), size=image.shape).astype(np.float32)
     return finish_sample(image, layout.instance, [cls for _, cls, _ in objects], void_band=True)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from .common import (
     gradient,
     luminance,
     paint,
+    paint_on_top,
     random_colour,
     smooth_noise,
     window,
@@ -211,11 +213,8 @@ def draw_sample(rng: np.random.Generator) -> Sample:
         colour = (base * (1 - pattern) + _pattern_colour(rng, base) * pattern) * shade[..., None]
         paint(image, win, placed.alpha, colour)
     if rng.random() < TOP_CLUTTER_FRACTION:
-        for _ in range(MAX_TRIES):
-            item = _clutter(rng, height, width, thin=True)
-            if item is not None and layout.try_place(Placed(item[0], item[1], 0)):
-                paint(image, item[0], item[1], random_colour(rng))
-                break
+        draw = partial(_clutter, rng, height, width, thin=True)
+        paint_on_top(image, layout, draw, lambda _: random_colour(rng), MAX_TRIES)
     image += rng.normal(0, rng.uniform(*NOISE_SIGMA), size=image.shape).astype(np.float32)
     return finish_sample(image, layout.instance, [cls for _, cls, _ in objects])
 
