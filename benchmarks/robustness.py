@@ -49,7 +49,7 @@ RW_GAIN = 5.0
 """Points of mIoU the random walk must add on train over the best CAM threshold."""
 SEG_TOLERANCE = 3.0
 """Points of mIoU the segmentation network may lose on val against the random walk."""
-STOP_AFTER = ("cam",)
+STOP_AFTER = ("cam", "rw")
 LOG_TAIL_LINES = 30
 
 DATASET = {
@@ -119,25 +119,37 @@ def read_override(path: Path | None) -> dict[str, Any] | None:
 
 
 def targets(config: dict[str, Any], stop_after: str | None) -> list[str]:
-    """Snakemake targets: none (the default `all`) or the CAM evaluations of the eval splits."""
+    """Snakemake targets: none (the default `all`) or the evaluations of the eval splits
+    by the last stage run (`cam` or `rw`, the random walk; CRF labels come with it)."""
     if stop_after is None:
         return []
     splits = config["dataset"].get("eval_splits") or ["train", "val"]
-    return [f"{config['output_dir']}/cam/eval/{split}.json" for split in splits]
+    stages = ("cam",) if stop_after == "cam" else ("cam", "crf", "rw")
+    return [
+        f"{config['output_dir']}/{stage}/eval/{split}.json" for stage in stages for split in splits
+    ]
 
 
-def prepare_data(family: str, folder: Path, seed: int) -> float | None:
-    """Generate the family's dataset into folder/data unless the same one is there;
-    returns the seconds it took (None when reused or for `demo`)."""
+def prepare_data(
+    family: str, folder: Path, seed: int, num_train: int | None = None
+) -> float | None:
+    """Generate the family's dataset into folder/data unless the same one is there
+    (`num_train` training images, None for the family's own count); returns the seconds
+    it took (None when reused or for `demo`)."""
     if family == DEMO:
         return None
     marker = folder / "dataset.json"
-    wanted = {"family": family, "seed": seed}
+    wanted = {"family": family, "seed": seed, "num_train": num_train}
     data = folder / DATA_DIR
-    if data.is_dir() and marker.is_file() and json.loads(marker.read_text()) == wanted:
+    if (
+        data.is_dir()
+        and marker.is_file()
+        and {"num_train": None, **json.loads(marker.read_text())} == wanted
+    ):
         return None
     start = time.perf_counter()
-    FAMILIES[family](folder / DATA_DIR, seed)
+    sizes = {} if num_train is None else {"num_train": num_train}
+    FAMILIES[family](folder / DATA_DIR, seed, **sizes)
     seconds = time.perf_counter() - start
     marker.write_text(json.dumps(wanted) + "\n")
     return seconds
@@ -152,13 +164,14 @@ def run_family(
     stop_after: str | None,
     keep: bool,
     cores: int,
+    num_train: int | None = None,
 ) -> int:
     """Prepare and run one family; writes folder/run.json (wall time, exit status)."""
     folder = workdir / family
     if folder.exists() and not keep:
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    generation = prepare_data(family, folder, seed)
+    generation = prepare_data(family, folder, seed, num_train)
     if generation is not None:
         print(f"[{family}] dataset generated in {generation:.1f} s: {folder / DATA_DIR}")
     config = family_config(base, family, override)
@@ -186,6 +199,7 @@ def run_family(
     record = {
         "family": family,
         "seed": seed,
+        "num_train": num_train,
         "stop_after": stop_after,
         "wall_s": round(wall, 1),
         "returncode": returncode,
@@ -279,6 +293,32 @@ def cam_table(results_dir: Path, splits: list[str]) -> list[str]:
     return lines
 
 
+def walk_table(results_dir: Path, splits: list[str]) -> list[str]:
+    """A run stopped after the walk: CAM best, CRF labels and the walk per split, from the
+    stages' evaluation files (the summary comes only with the whole DAG)."""
+    lines = [
+        "| split | CAM best (thr) | CRF labels (uncertain %) | random walk (alpha) | "
+        "RW best (alpha) | RW - CAM best |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for split in splits:
+        cam, crf, rw = (
+            _read_json(results_dir / stage / "eval" / f"{split}.json")
+            for stage in ("cam", "crf", "rw")
+        )
+        if cam is None or crf is None or rw is None:
+            lines.append(f"| {split} | missing evaluation files in {results_dir} |")
+            continue
+        gain = 100 * (rw["published_miou"] - cam["best_miou"])
+        lines.append(
+            f"| {split} | {_points(cam['best_miou'])} ({_number(cam['best_threshold'])}) | "
+            f"{_points(crf['miou'])} ({100 * crf['uncertain_fraction']:.1f} %) | "
+            f"{_points(rw['published_miou'])} ({_number(rw['published_value'])}) | "
+            f"{_points(rw['best_miou'])} ({_number(rw['best_value'])}) | {gain:+.1f} |"
+        )
+    return lines
+
+
 def summary_table(rows: list[dict[str, Any]], splits: list[str]) -> list[str]:
     """The markdown table of the brief: one row per split, one column per stage."""
     results = {split: split_results(rows, split) for split in splits}
@@ -345,7 +385,8 @@ def report_family(family: str, workdir: Path) -> list[str]:
     wall = run.get("wall_s")
     status = run.get("returncode")
     data = "built-in synthetic" if family == DEMO else str(folder / DATA_DIR)
-    print(f"data: {data}; seed {run.get('seed', '?')}")
+    size = f"; {run['num_train']} train images" if run.get("num_train") else ""
+    print(f"data: {data}; seed {run.get('seed', '?')}{size}")
     if run.get("generation_s") is not None:
         print(f"generation: {run['generation_s']} s")
     stage = f"up to {run['stop_after']}" if run.get("stop_after") else "full DAG"
@@ -355,6 +396,9 @@ def report_family(family: str, workdir: Path) -> list[str]:
     summary = _read_json(results_dir / "summary.json")
     if summary is not None and not run.get("stop_after"):
         print("\n".join(summary_table(summary, splits)))
+        print()
+    if run.get("stop_after") == "rw":
+        print("\n".join(walk_table(results_dir, splits)))
         print()
     print("CAM IoU per class:\n")
     print("\n".join(cam_table(results_dir, splits)))
@@ -404,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         "--stop-after",
         choices=STOP_AFTER,
         default=None,
-        help="run only up to the CAM evaluation (cam/eval/{train,val}.json)",
+        help="run only up to the CAM evaluation (cam) or the walk's (rw: CAM, CRF labels and "
+        "walk evaluated, no segmentation network)",
     )
     parser.add_argument(
         "--tables-only",
@@ -412,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only print the tables of finished family folders (runs nothing)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated datasets")
+    parser.add_argument(
+        "--num-train",
+        type=int,
+        default=None,
+        help="training images of the generated families (default: each family's own)",
+    )
     parser.add_argument("--cores", type=int, default=CORES, help=f"Snakemake --cores ({CORES})")
     args = parser.parse_args(argv)
 
@@ -432,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.stop_after,
                 args.keep,
                 args.cores,
+                args.num_train,
             )
             if code:
                 failed.append(family)

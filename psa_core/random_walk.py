@@ -246,20 +246,50 @@ def _segmentation_lut(class_ids: np.ndarray) -> np.ndarray:
     return np.concatenate([[BACKGROUND_INDEX], ids]).astype(np.uint8)
 
 
+def crf_refined(up: torch.Tensor, image: np.ndarray) -> np.ndarray:
+    """Stack positions of the dense-CRF labelling of upsampled walked scores (PSA's kernels).
+
+    Each pixel's (C + 1) scores, clipped at 0, are divided by their sum: the
+    probabilities whose argmax is the plain walk's mask. They are the unary of
+    `psa_core.crf.crf_inference` with the image's colours. The paper reports
+    its synthesized labels with this step (CAM + RW + dCRF); the walk's grid is
+    8 px coarse, and the CRF moves the masks' outlines onto the image's edges.
+
+    Args:
+        up: (C + 1, H, W) walked scores at the image's size (`_upsampled`).
+        image: (H, W, 3) uint8 RGB at the same size.
+
+    Returns:
+        (H, W) int64 stack positions (0 background).
+    """
+    from psa_core.crf import crf_inference
+
+    probs = up.float().clamp_min(0)
+    probs = probs / probs.sum(dim=0, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return crf_inference(image, probs.cpu().numpy()).argmax(axis=0)
+
+
 def scores_to_mask(
-    scores: np.ndarray | torch.Tensor, size_hw: tuple[int, int], class_ids: np.ndarray
+    scores: np.ndarray | torch.Tensor,
+    size_hw: tuple[int, int],
+    class_ids: np.ndarray,
+    image: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Propagated scores → a segmentation: bilinear resize to the padded size, crop, argmax.
+    """Propagated scores → a segmentation: bilinear resize to the padded size, crop, argmax
+    (with `image`, the dense CRF's labelling instead: `crf_refined`).
 
     Args:
         scores: (C + 1, h, w) float, background first (the walk's output).
         size_hw: the original image's (H, W).
         class_ids: (C,) 0-based ids of the present classes, in stack order.
+        image: (H, W, 3) uint8 RGB to refine the mask with, or None.
 
     Returns:
         (H, W) uint8 segmentation indices (0 background, class id + 1).
     """
     up = _upsampled(torch.as_tensor(scores, dtype=torch.float32), size_hw)
+    if image is not None:
+        return _segmentation_lut(class_ids)[crf_refined(up, image)]
     # max(dim).indices is argmax (the first maximum on ties), many times faster on the CPU
     return _segmentation_lut(class_ids)[up.max(dim=0).indices.cpu().numpy()]
 
@@ -275,15 +305,16 @@ def alpha_sweep_masks(
     beta: float = DEFAULT_BETA,
     logt: int = DEFAULT_LOGT,
     device: torch.device | str = "cpu",
+    image: np.ndarray | None = None,
 ) -> np.ndarray:
     """The walk's masks at every background exponent of `alphas` (docs/design.md §1.5).
 
     Mask `a` equals `scores_to_mask(random_walk(aff, walk_input(cams, a)), (H, W),
-    class_ids)`, but the walk is linear and only the background row of its input
+    class_ids, image)`, but the walk is linear and only the background row of its input
     depends on alpha: the class rows come from `walked` (the walk at `walked_alpha`,
     as the random-walk stage stored it), the background rows of the other alphas
     walk together in one call over one transition matrix, and the class rows are
-    upsampled and maximised once.
+    upsampled (and, without `image`, maximised) once.
 
     Args:
         aff: (n_offsets, n_from) pair affinities of the image (`random_walk`).
@@ -294,6 +325,8 @@ def alpha_sweep_masks(
         walked_alpha: the background exponent of `walked`.
         beta, logt: the walk's, as `random_walk`.
         device: where the walk, the upsampling and the argmax run.
+        image: (H, W, 3) uint8 RGB at the CAMs' size: each alpha's mask is the dense
+            CRF's labelling (`crf_refined`, one CRF per alpha); None for the plain argmax.
 
     Returns:
         (A, H, W) uint8 segmentation indices (0 background, class id + 1), one mask per alpha.
@@ -317,6 +350,21 @@ def alpha_sweep_masks(
         aff_t = torch.as_tensor(aff, dtype=torch.float32).to(device)
         backgrounds.update(zip(others, random_walk(aff_t, start_t, beta, logt), strict=True))
     size = cams.shape[1:]
+    if image is not None:
+        classes_up = (
+            _upsampled(walked_t[1:], size)
+            if walked_t.shape[0] > 1
+            else walked_t.new_zeros((0, *size))  # no present class
+        )
+        index = np.stack(
+            [
+                crf_refined(
+                    torch.cat([_upsampled(backgrounds[float(a)][None], size), classes_up]), image
+                )
+                for a in alphas
+            ]
+        )
+        return _segmentation_lut(class_ids)[index]
     if walked_t.shape[0] > 1:
         # argmax over (background, classes) is the background where it is not below
         # the best class (argmax takes the first maximum), else that class

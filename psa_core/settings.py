@@ -434,6 +434,11 @@ class RandomWalkSettings:
     logt: int = setting(
         8, "log2 of the number of walk steps (published 8: 256 steps).", minimum=0, maximum=16
     )
+    crf: bool = setting(
+        False,
+        "Refine the walk's masks with the dense CRF (PSA's kernels), as the paper's "
+        "synthesized labels (CAM + RW + dCRF); the published code does not.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -127,7 +127,9 @@ def random_walk_shard(
             walked = random_walk(aff, start_scores, beta=beta, logt=logt)
             scores[name] = (walked.cpu().numpy(), class_ids)
             affinities[name] = (aff.cpu().numpy(), class_ids)
-            masks[name] = scores_to_mask(walked, (height, width), class_ids)
+            masks[name] = scores_to_mask(
+                walked, (height, width), class_ids, image if walk.crf else None
+            )
     attrs = {
         "stage": "random_walk",
         "classes": classes,
@@ -138,6 +140,7 @@ def random_walk_shard(
         "alpha": alpha,
         "beta": beta,
         "logt": logt,
+        "crf": walk.crf,
     }
     with io.atomic_dir(out_masks) as folder:
         for name, mask in masks.items():
@@ -189,7 +192,9 @@ def evaluate_random_walk(
     alpha of the sweep only the background row walks again, over the stored
     affinities (the class rows do not depend on alpha), so no network runs:
     per image one walk of the other alphas' background rows together
-    (`psa_core.random_walk.alpha_sweep_masks`), on the configured device.
+    (`psa_core.random_walk.alpha_sweep_masks`), on the configured device. With
+    `random_walk.crf` every alpha's mask is refined by the dense CRF as the
+    stage's masks are, with the image at the CAMs' working size.
 
     Args:
         walks: the split's walked-score shards.
@@ -208,6 +213,7 @@ def evaluate_random_walk(
     device = resolve_device(run.device)
     sweep = SweepConfusion(len(classes) + 1, grid)
     truth = data.ground_truth()
+    image_files = data.image_files() if walk.crf else {}
     with timed("alpha sweep", len(truth)):
         for name, walked, aff, maps, class_ids, full_gt in _iter_walks(
             truth, walks, affinities, cams
@@ -219,9 +225,18 @@ def evaluate_random_walk(
                     f"CAMs of '{name}' are {size[1]}x{size[0]} but its mask is "
                     f"{full_gt.shape[1]}x{full_gt.shape[0]}; rerun the pipeline for this dataset"
                 )
+            image = None
+            if walk.crf:
+                (path,) = image_paths(image_files, [name])
+                image = to_size_of(io.read_image(path), size)
+                if image is None:
+                    raise PsaError(
+                        f"CAMs of '{name}' are {size[1]}x{size[0]} but its image {path} is not of "
+                        "that aspect; rerun the pipeline for this dataset"
+                    )
             masks = alpha_sweep_masks(
                 aff, maps, walked, class_ids, grid,
-                walked_alpha=alpha, beta=beta, logt=logt, device=device,
+                walked_alpha=alpha, beta=beta, logt=logt, device=device, image=image,
             )  # fmt: skip
             for index, mask in enumerate(masks):
                 sweep.add(index, mask, gt)
