@@ -48,8 +48,7 @@ def main() -> None:
         cams, _ = io.read_score_shard(cam_shard)
         for name, (aff, class_ids) in affs.items():
             gt = io.read_mask(gt_mask_path(root, name))
-            (path,) = image_paths(root, [name])
-            image = io.read_image(path) if True in refine else None
+            image = io.read_image(image_paths(root, [name])[0]) if True in refine else None
             images.append((torch.from_numpy(aff), cams[name][0], class_ids, gt, image))
     print(f"\n{len(images)} images of split {args.split} ({args.run}); mIoU at alpha:\n")
     print("| beta | logt | CRF | " + " | ".join(f"alpha {a:g}" for a in args.alphas) + " |")

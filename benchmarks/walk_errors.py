@@ -26,6 +26,7 @@ from psa_core import io
 from psa_core.affinity import pair_indices
 from psa_core.constants import FEATURE_STRIDE, IGNORE_INDEX
 from psa_core.data import gt_mask_path, read_labels
+from psa_core.metrics import confusion_matrix
 from psa_core.random_walk import _padded_pooled, _segmentation_lut
 
 PURE = 0.95
@@ -91,13 +92,9 @@ def main() -> None:
             maps = np.asarray(cams[name][0], np.float32)
             floor = np.full((1, *maps.shape[1:]), args.cam_threshold, np.float32)
             cam = _segmentation_lut(class_ids)[np.concatenate([floor, maps]).argmax(0)]
-            keep = gt != IGNORE_INDEX
-            truth = gt[keep].astype(np.int64)
             for kind, pred in (("cam", cam), ("walk", walk)):
-                pairs = truth * num_classes + pred[keep].astype(np.int64)
-                confusion[kind] += np.bincount(pairs, minlength=num_classes**2).reshape(
-                    num_classes, num_classes
-                )
+                confusion[kind] += confusion_matrix(pred, gt, num_classes)
+            keep = gt != IGNORE_INDEX
             fg_pred, fg_true = (walk > 0) & keep, (gt > 0) & keep
             false_pos = fg_pred & ~fg_true
             near = near_objects(gt)

@@ -17,6 +17,7 @@ import torch
 
 from psa_core import io
 from psa_core.crf import crf_inference
+from psa_core.metrics import confusion_matrix
 from psa_core.random_walk import (
     alpha_sweep_masks,
     crf_refined,
@@ -34,6 +35,7 @@ from tests.test_random_walk_sweep import (
     SHORT_LOGT,
     make_affinities,
     make_cams,
+    miou,
     present_classes,
     split,  # noqa: F401  (the module fixture of eight synthetic images)
 )
@@ -151,13 +153,8 @@ def test_evaluation_with_crf_scores_the_refined_masks(split: dict) -> None:  # n
         walked, class_ids = io.read_score(where["walk"], name)
         gt = io.read_mask(gt_path)
         mask = scores_to_mask(walked, gt.shape, class_ids, io.read_image(images[name]))
-        keep = gt != 255
-        conf += np.bincount(
-            gt[keep].astype(np.int64) * num_classes + mask[keep], minlength=conf.size
-        ).reshape(conf.shape)
-    tp = np.diag(conf).astype(np.float64)
-    union = conf.sum(0) + conf.sum(1) - tp
-    expected = float(np.mean(tp[union > 0] / union[union > 0]))
+        conf += confusion_matrix(mask, gt, num_classes)
+    expected = miou(conf)
 
     assert results[True] == pytest.approx(expected, abs=1e-6)
     assert abs(results[True] - results[False]) > 1e-3
