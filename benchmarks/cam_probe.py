@@ -19,6 +19,12 @@ and the share of the class's CAM mass on its pixels. A `--variant` changes the n
               spread off the objects: every CAM cell saw the whole image)
     dil12     blocks 5 and 6 at dilation 1 and 2: receptive field 175 px
 
+The committed `cam` section includes `wide_field_share` (the warm-up at 239 px, then
+111 px); `--set wide_field_share=0` trains undilated throughout, and with a `dil*` variant
+it keeps that variant's field throughout. `--pool` replaces the head's global average
+pooling of the class scores (max, log-sum-exp, or the mean of the top share of cells):
+measured and dropped (benchmarks/RESULTS.md).
+
     python benchmarks/cam_probe.py --family texture --variant default --epochs 20
     python benchmarks/cam_probe.py --family texture --variant stem1 --epochs 20
 """
@@ -45,7 +51,7 @@ from psa_core.cam import fit_cam, multiscale_cam  # noqa: E402
 from psa_core.data import generate_synthetic, index_split, read_classes  # noqa: E402
 from psa_core.evaluate import CamThresholdSweep  # noqa: E402
 from psa_core.models import create_model  # noqa: E402
-from psa_core.models.tiny import _conv_norm_relu  # noqa: E402
+from psa_core.models.tiny import TinyNet, _conv_norm_relu  # noqa: E402
 
 DILATIONS = {"dil24": (2, 4), "dil12": (1, 2)}
 """Dilations of tiny's blocks 5 and 6 per variant (the committed net has 1 and 1)."""
@@ -58,10 +64,7 @@ def _variant(net: nn.Module, variant: str) -> nn.Module:
         stem[0][0] = nn.Conv2d(16, first.out_channels, 3, 2, padding=1, bias=False)
         net.backbone.stem = nn.Sequential(_conv_norm_relu(3, 16, stride=1), *stem)
     elif variant in DILATIONS:
-        blocks = (net.backbone.block5, net.backbone.block6)
-        for block, dilation in zip(blocks, DILATIONS[variant], strict=True):
-            for conv in (block.conv1, block.conv2):
-                conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
+        net.backbone.set_dilations(DILATIONS[variant])
     elif variant not in ("default", "wide"):
         raise SystemExit(f"--variant {variant}: use default, stem1, wide, dil24 or dil12")
     return net
@@ -80,6 +83,27 @@ def _demo(root: Path, seed: int) -> None:
     )
 
 
+def _pooling(head: nn.Module, pool: str) -> None:
+    """Replace the CAM head's global average pooling (of the class scores per cell)."""
+    if pool == "mean":
+        return
+    kind, _, arg = pool.partition(":")
+
+    def forward(feature: torch.Tensor) -> torch.Tensor:
+        scores = nn.functional.conv2d(head.dropout7(feature), head.fc8.weight).flatten(2)
+        if kind == "max":
+            return scores.amax(2)
+        if kind == "lse":
+            r = float(arg)
+            return (torch.logsumexp(r * scores, 2) - np.log(scores.shape[2])) / r
+        if kind == "topk":
+            k = max(1, int(np.ceil(float(arg) * scores.shape[2])))
+            return scores.topk(k, dim=2).values.mean(2)
+        raise SystemExit(f"--pool {pool}: use mean, max, lse:R or topk:FRACTION")
+
+    head.forward = forward
+
+
 SETS = {**FAMILIES, "demo": _demo}
 
 
@@ -93,7 +117,21 @@ def main(argv: list[str] | None = None) -> None:
         "--num-train", type=int, default=None, help="train images of a family (default its own)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and training")
+    parser.add_argument(
+        "--pool",
+        default="mean",
+        help="mean | max | lse:R | topk:FRACTION (the classifier's pooling)",
+    )
+    parser.add_argument(
+        "--wide-dilations",
+        type=int,
+        nargs=2,
+        default=None,
+        help="dilations of blocks 5 and 6 during cam.wide_field_share (default 2 4)",
+    )
     args = parser.parse_args(argv)
+    if args.wide_dilations:
+        TinyNet.WIDE_DILATIONS = tuple(args.wide_dilations)
     torch.set_num_threads(2)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     values = {**config["cam"], "epochs": args.epochs}
@@ -116,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         width = {"width": 64} if args.variant == "wide" else {}
         net = create_model("tiny", "cam", len(classes), seed=args.seed, **width)
         net = _variant(net, args.variant)
+        _pooling(net.head if hasattr(net, "head") else net, args.pool)
         start = time.perf_counter()
         fit_cam(
             net, images, list(train), labels, cam, seed=args.seed, val_names=list(val),

@@ -304,6 +304,7 @@ def fit_cam(
         val_dataset = CamEvalDataset(
             images, val_names, labels, CenterCropTransform(model.normalization, crop_size)
         )
+    before_step = _wide_field_warmup(model, settings.wide_field_share)
     return train(
         model,
         dataset,
@@ -311,5 +312,31 @@ def fit_cam(
         settings,
         seed=seed,
         val_dataset=val_dataset,
+        before_step=before_step,
         **loop,
     )
+
+
+def _wide_field_warmup(model: nn.Module, share: float) -> Any:
+    """`cam.wide_field_share`: a `before_step` that runs the tiny backbone's blocks 5 and 6
+    dilated for the first `share` of the steps and undilated after; None for share 0.
+
+    Measured (benchmarks/RESULTS.md, "wide-field warm-up"): from scratch, the 239 px
+    field learns classes told only by a local pattern, which the 111 px one does not,
+    and finishing at 111 px keeps the CAMs on the objects. The dilation is a function
+    of the step alone, so a resumed run picks up the same schedule.
+    """
+    if share == 0:
+        return None
+    backbone = getattr(model, "backbone", None)
+    if not hasattr(backbone, "set_dilations"):
+        raise PsaError(
+            f"cam.wide_field_share {share}: only the tiny backbone has a wide-field warm-up; "
+            "set it to 0 for this backbone"
+        )
+    narrow = (1, 1)
+
+    def before_step(step: int, total: int) -> None:
+        backbone.set_dilations(backbone.WIDE_DILATIONS if step < share * total else narrow)
+
+    return before_step

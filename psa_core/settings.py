@@ -304,6 +304,15 @@ class CamSettings(TrainSettings):
         "Range of the random long-side resize (published [256, 512]).",
         items={"minimum": 8},
     )
+    wide_field_share: float = setting(
+        0.0,
+        "tiny backbone only: share of the training steps run with blocks 5 and 6 dilated "
+        "(2 and 4, a 239 px field) before it finishes undilated (111 px). From scratch, the "
+        "wide field learns classes told by a pattern, the narrow one keeps the CAMs on "
+        "the objects. 0 = undilated throughout (not part of PSA).",
+        minimum=0,
+        exclusiveMaximum=1,
+    )
 
     def __post_init__(self) -> None:
         _check_range("resize_long", self.resize_long)

@@ -374,6 +374,7 @@ def train(
     amp_dtype: str | torch.dtype | None = None,
     config: Mapping[str, Any] | None = None,
     on_step: Callable[[int], None] | None = None,
+    before_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Train `model` with SGD + poly schedule; resumable (module docstring).
 
@@ -404,6 +405,9 @@ def train(
         config: extra values that define the run (e.g. the initial weights
             file); part of the fingerprint.
         on_step: called with the global step after each optimiser step.
+        before_step: called with (the 0-based index of the step about to run, the
+            run's total steps) before each optimiser step, so a resumed run calls it
+            first with the step it continues from.
 
     Returns:
         {"steps", "epochs", "final_loss", "elapsed_s", "resumed_from_step"}.
@@ -448,6 +452,7 @@ def train(
         checkpoint_every=checkpoint_every,
         progress=progress,
         on_step=on_step,
+        before_step=before_step,
     )
     model.train()
     run.optimizer, run.scheduler = build_optimizer(
@@ -517,6 +522,7 @@ class _Run:
     checkpoint_every: int
     progress: bool
     on_step: Callable[[int], None] | None
+    before_step: Callable[[int, int], None] | None
     optimizer: Any = None
     scheduler: Any = None
     scaler: Any = None
@@ -650,6 +656,8 @@ class _Run:
 
     def step(self, batch: Any, t0: float) -> None:
         """One optimiser step on `batch`, then log / checkpoint as due."""
+        if self.before_step is not None:
+            self.before_step(self.global_step, self.max_step)
         step_lr = self.optimizer.param_groups[0]["lr"]
         loss, parts = _train_step(self, _to_device(batch, self.device))
         self.scheduler.step()

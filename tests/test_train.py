@@ -17,7 +17,12 @@ import pytest
 import torch
 
 from psa_core import io
-from psa_core.cam import CamTrainDataset, fit_cam, multilabel_soft_margin_loss
+from psa_core.cam import (
+    CamTrainDataset,
+    _wide_field_warmup,
+    fit_cam,
+    multilabel_soft_margin_loss,
+)
 from psa_core.errors import PsaError
 from psa_core.settings import CamSettings
 from psa_core.training import (
@@ -362,3 +367,38 @@ def test_sigterm_subprocess_then_resume(tmp_path):
     assert not (out / "checkpoint.pt").exists()
     assert_same_weights(out / "weights.pt", tmp_path / "reference" / "weights.pt")
     assert [int(r["step"]) for r in read_log(log)] == list(range(1, total + 1))
+
+
+# -- cam.wide_field_share ---------------------------------------------------------
+
+
+def test_wide_field_warmup_dilates_the_first_share_of_the_steps():
+    model = tiny_model()
+    before_step = _wide_field_warmup(model, 0.5)
+    seen = []
+    for step in range(MAX_STEP):
+        before_step(step, MAX_STEP)
+        seen.append([c.dilation[0] for b in (model.backbone.block5, model.backbone.block6)
+                     for c in (b.conv1, b.conv2)])  # fmt: skip
+    assert seen == [[2, 2, 4, 4]] * (MAX_STEP // 2) + [[1, 1, 1, 1]] * (MAX_STEP // 2)
+    assert _wide_field_warmup(model, 0.0) is None
+    with pytest.raises(PsaError, match="cam.wide_field_share 0.5: only the tiny backbone"):
+        _wide_field_warmup(torch.nn.Linear(2, 2), 0.5)
+
+
+def test_wide_field_warmup_changes_training_and_resumes_exactly(dataset, reference, tmp_path):
+    """Interrupted inside the wide part and resumed: the same weights as one run, which
+    differ from the run without the warm-up (the dilation did act)."""
+    (tmp_path / "straight").mkdir(), (tmp_path / "resumed").mkdir()
+    straight = run(dataset, tmp_path / "straight", val=True, wide_field_share=0.5)
+    assert straight["resumed_from_step"] == 0
+    with pytest.raises(TrainingInterrupted):
+        run(dataset, tmp_path / "resumed", interrupt_at=1, val=True, wide_field_share=0.5)
+    assert (
+        run(dataset, tmp_path / "resumed", val=True, wide_field_share=0.5)["resumed_from_step"] == 1
+    )
+    assert_same_weights(tmp_path / "resumed" / "weights.pt", tmp_path / "straight" / "weights.pt")
+    a = io.load_torch(tmp_path / "straight" / "weights.pt")
+    b = io.load_torch(reference[0] / "weights.pt")
+    assert a.keys() == b.keys()
+    assert any(not torch.equal(a[k], b[k]) for k in a)

@@ -18,6 +18,11 @@ undilated blocks raised val CAM mIoU by 11-20 points at threshold 0.2 and the
 CAM mass on the object from 21-43 % to 40-64 % (benchmarks/RESULTS.md,
 "Robustness suite"). ImageNet-initialised backbones learn locality from their
 weights and keep the published dilations.
+
+The narrow field has a cost: from scratch it does not learn classes told only by a
+fine pattern on small objects, which the 239 px field learns. `set_dilations` lets
+the classifier's training start wide and finish narrow (`cam.wide_field_share`,
+psa_core.cam); the weights are the same tensors at either dilation.
 """
 
 from __future__ import annotations
@@ -85,8 +90,20 @@ class TinyNet(nn.Module):
             _conv_norm_relu(width, width, stride=2),
         )
         self.block4 = BasicBlock(width, width)
-        self.block5 = BasicBlock(width, 2 * width, dilation=dilations[0])
-        self.block6 = BasicBlock(2 * width, 4 * width, dilation=dilations[1])
+        self.block5 = BasicBlock(width, 2 * width)
+        self.block6 = BasicBlock(2 * width, 4 * width)
+        self.set_dilations(dilations)
+
+    WIDE_DILATIONS = (2, 4)
+    """Dilations of blocks 5 and 6 for `set_dilations` during a wide-field warm-up (239 px
+    field: ResNet-38's last stages)."""
+
+    def set_dilations(self, dilations: tuple[int, int]) -> None:
+        """Run blocks 5 and 6 at these dilations from now on. The weights do not change
+        (a 3×3 kernel is the same at any dilation), so the state dict is the same."""
+        for block, dilation in zip((self.block5, self.block6), dilations, strict=True):
+            for conv in (block.conv1, block.conv2):
+                conv.dilation, conv.padding = (dilation, dilation), (dilation, dilation)
 
     def frozen_modules(self) -> list[nn.Module]:
         """None: the tiny net trains from scratch."""

@@ -11,7 +11,7 @@ import torch
 from psa_core.constants import FEATURE_STRIDE
 from psa_core.errors import PsaError
 from psa_core.models import BACKBONES, HEADS, build_model
-from psa_core.models.tiny import tiny
+from psa_core.models.tiny import TinyNet, tiny
 from psa_core.optim import param_groups
 from psa_core.transforms import CAFFE_VGG_NORMALIZATION, IMAGENET_NORMALIZATION
 
@@ -318,3 +318,20 @@ def test_tiny_receptive_field(dilations, field):
     assert _receptive_field(net) == field
     if dilations == (1, 1):
         assert _receptive_field(tiny(width=8)) == field  # the default
+
+
+def test_tiny_set_dilations_is_building_with_them():
+    """cam.wide_field_share switches a built net: the same output as one built dilated, on
+    the same weights, and back; the state dict does not change."""
+    torch.manual_seed(0)
+    wide = tiny(width=8, dilations=TinyNet.WIDE_DILATIONS).eval()
+    net = tiny(width=8).eval()
+    net.load_state_dict(wide.state_dict())
+    x = torch.randn(1, 3, 64, 80)
+    narrow_out = net(x)["conv6"]
+    net.set_dilations(TinyNet.WIDE_DILATIONS)
+    assert _receptive_field(net) == 239
+    torch.testing.assert_close(net(x)["conv6"], wide(x)["conv6"], rtol=0, atol=0)
+    net.set_dilations((1, 1))
+    torch.testing.assert_close(net(x)["conv6"], narrow_out, rtol=0, atol=0)
+    assert not torch.equal(narrow_out, wide(x)["conv6"])
