@@ -321,10 +321,11 @@ def _wide_field_warmup(model: nn.Module, share: float) -> Any:
     """`cam.wide_field_share`: a `before_step` that runs the tiny backbone's blocks 5 and 6
     dilated for the first `share` of the steps and undilated after; None for share 0.
 
-    Measured (benchmarks/RESULTS.md, "wide-field warm-up"): from scratch, the 239 px
-    field learns classes told only by a local pattern, which the 111 px one does not,
-    and finishing at 111 px keeps the CAMs on the objects. The dilation is a function
-    of the step alone, so a resumed run picks up the same schedule.
+    Measured (benchmarks/RESULTS.md, "a wide-field warm-up"): from scratch, a family
+    told only by a fine pattern learned with it where the 111 px net stays at chance,
+    but not at every schedule length, and one draw of a colour-coded family lost its
+    CAMs' place; so it is off by default. The dilation is a function of the step
+    alone, so a resumed run picks up the same schedule.
     """
     if share == 0:
         return None
