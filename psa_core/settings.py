@@ -308,8 +308,9 @@ class CamSettings(TrainSettings):
         0.0,
         "tiny backbone only: share of the training steps run with blocks 5 and 6 dilated "
         "(2 and 4, a 239 px field) before it finishes undilated (111 px). From scratch, the "
-        "wide field learns classes told by a pattern, the narrow one keeps the CAMs on "
-        "the objects. 0 = undilated throughout (not part of PSA).",
+        "wide field can learn classes told only by a fine pattern, the narrow one keeps the "
+        "CAMs on the objects; not reliably (benchmarks/RESULTS.md). 0 = undilated throughout "
+        "(not part of PSA).",
         minimum=0,
         exclusiveMaximum=1,
     )

@@ -19,10 +19,11 @@ CAM mass on the object from 21-43 % to 40-64 % (benchmarks/RESULTS.md,
 "Robustness suite"). ImageNet-initialised backbones learn locality from their
 weights and keep the published dilations.
 
-The narrow field has a cost: from scratch it does not learn classes told only by a
-fine pattern on small objects, which the 239 px field learns. `set_dilations` lets
-the classifier's training start wide and finish narrow (`cam.wide_field_share`,
-psa_core.cam); the weights are the same tensors at either dilation.
+The narrow field has a cost: from scratch it did not learn classes told only by a
+fine pattern on small objects, which a wider field learnt for some schedules.
+`set_dilations` lets the classifier's training start wide and finish narrow
+(`cam.wide_field_share`, psa_core.cam, off by default); the weights are the same
+tensors at either dilation.
 """
 
 from __future__ import annotations
