@@ -19,9 +19,9 @@ and the share of the class's CAM mass on its pixels. A `--variant` changes the n
               spread off the objects: every CAM cell saw the whole image)
     dil12     blocks 5 and 6 at dilation 1 and 2: receptive field 175 px
 
-The committed `cam` section includes `wide_field_share` (the warm-up at 239 px, then
-111 px); `--set wide_field_share=0` trains undilated throughout, and with a `dil*` variant
-it keeps that variant's field throughout. `--pool` replaces the head's global average
+`--set wide_field_share=0.25` trains the first quarter of the steps at 239 px, then at
+111 px (`cam.wide_field_share`, off in the committed config; it overrides a `dil*`
+variant's dilations, and `--wide-dilations` its wide ones). `--pool` replaces the head's global average
 pooling of the class scores (max, log-sum-exp, or the mean of the top share of cells):
 measured and dropped (benchmarks/RESULTS.md).
 

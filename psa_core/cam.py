@@ -335,7 +335,7 @@ def _wide_field_warmup(model: nn.Module, share: float) -> Any:
             f"cam.wide_field_share {share}: only the tiny backbone has a wide-field warm-up; "
             "set it to 0 for this backbone"
         )
-    narrow = (1, 1)
+    narrow = backbone.dilations  # as built: (1, 1) for tiny
 
     def before_step(step: int, total: int) -> None:
         backbone.set_dilations(backbone.WIDE_DILATIONS if step < share * total else narrow)

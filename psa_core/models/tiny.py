@@ -99,6 +99,11 @@ class TinyNet(nn.Module):
     """Dilations of blocks 5 and 6 for `set_dilations` during a wide-field warm-up (239 px
     field: ResNet-38's last stages)."""
 
+    @property
+    def dilations(self) -> tuple[int, int]:
+        """The current dilations of blocks 5 and 6."""
+        return self.block5.conv1.dilation[0], self.block6.conv1.dilation[0]
+
     def set_dilations(self, dilations: tuple[int, int]) -> None:
         """Run blocks 5 and 6 at these dilations from now on. The weights do not change
         (a 3×3 kernel is the same at any dilation), so the state dict is the same."""
