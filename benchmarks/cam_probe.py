@@ -19,6 +19,12 @@ and the share of the class's CAM mass on its pixels. A `--variant` changes the n
               spread off the objects: every CAM cell saw the whole image)
     dil12     blocks 5 and 6 at dilation 1 and 2: receptive field 175 px
 
+`--dual-field` trains every step twice over the same weights, once at 111 px and once
+at 239 px (blocks 5 and 6 at dilations 2 and 4), on the mean of the two losses; the
+wide pass leaves the batch-norm running statistics as the narrow pass set them, and
+the CAMs come from the 111 px net (hypothesis: the wide pass gives every cell the
+object's evidence, the narrow pass keeps the maps local; no switch as in the warm-up).
+
 `--set wide_field_share=0.25` trains the first quarter of the steps at 239 px, then at
 111 px (`cam.wide_field_share`, off in the committed config; it overrides a `dil*`
 variant's dilations, and `--wide-dilations` its wide ones). `--pool` replaces the head's global average
@@ -104,6 +110,36 @@ def _pooling(head: nn.Module, pool: str) -> None:
     head.forward = forward
 
 
+def _dual_field(net: nn.Module) -> None:
+    """`--dual-field`: replaces the CAM loss (`psa_core.cam.multilabel_soft_margin_loss`,
+    which `fit_cam` looks up when called): in training, the mean of the loss of the
+    narrow (as built) and of the wide net on the same batch. The wide pass keeps the
+    narrow pass's batch-norm running statistics."""
+    import psa_core.cam as cam_module
+
+    backbone, loss = net.backbone, cam_module.multilabel_soft_margin_loss
+    norms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    narrow = backbone.dilations
+
+    def dual_loss(model: nn.Module, batch: tuple) -> tuple[torch.Tensor, dict]:
+        narrow_loss, _ = loss(model, batch)
+        if not model.training:
+            return narrow_loss, {}
+        kept = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+                for m in norms]  # fmt: skip
+        backbone.set_dilations(TinyNet.WIDE_DILATIONS)
+        try:
+            wide_loss, _ = loss(model, batch)
+        finally:
+            backbone.set_dilations(narrow)
+            for m, (mean, var, count) in zip(norms, kept, strict=True):
+                m.running_mean.copy_(mean), m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+        return (narrow_loss + wide_loss) / 2, {}
+
+    cam_module.multilabel_soft_margin_loss = dual_loss
+
+
 SETS = {**FAMILIES, "demo": _demo}
 
 
@@ -129,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="dilations of blocks 5 and 6 during cam.wide_field_share (default 2 4)",
     )
+    parser.add_argument("--dual-field", action="store_true", help="train at 111 and 239 px at once")
     args = parser.parse_args(argv)
     if args.wide_dilations:
         TinyNet.WIDE_DILATIONS = tuple(args.wide_dilations)
@@ -155,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
         net = create_model("tiny", "cam", len(classes), seed=args.seed, **width)
         net = _variant(net, args.variant)
         _pooling(net.head if hasattr(net, "head") else net, args.pool)
+        if args.dual_field:
+            _dual_field(net)
         start = time.perf_counter()
         fit_cam(
             net, images, list(train), labels, cam, seed=args.seed, val_names=list(val),
@@ -189,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print("per-class IoU @0.2:", " ".join(f"{100 * (v or 0):.1f}" for v in at["per_class_iou"]))
     print(
-        f"| {args.family} | {args.variant} | {args.seed} | {args.epochs} "
+        f"| {args.family} | {args.variant}{' dual' if args.dual_field else ''} "
+        f"| {args.seed} | {args.epochs} "
         f"| {' '.join(args.set) or '-'} "
         f"| {last.get('train', float('nan')):.3f} | {last.get('val', float('nan')):.3f} "
         f"| {100 * result['published_miou']:.1f} | {100 * result['best_miou']:.1f} "
