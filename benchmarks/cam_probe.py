@@ -23,7 +23,8 @@ and the share of the class's CAM mass on its pixels. A `--variant` changes the n
 at 239 px (blocks 5 and 6 at dilations 2 and 4), on the mean of the two losses; the
 wide pass leaves the batch-norm running statistics as the narrow pass set them, and
 the CAMs come from the 111 px net (hypothesis: the wide pass gives every cell the
-object's evidence, the narrow pass keeps the maps local; no switch as in the warm-up).
+object's evidence, the narrow pass keeps the maps local; no switch as in the warm-up):
+measured on `hue` and dropped (benchmarks/RESULTS.md).
 
 `--set wide_field_share=0.25` trains the first quarter of the steps at 239 px, then at
 111 px (`cam.wide_field_share`, off in the committed config; it overrides a `dil*`
@@ -125,16 +126,15 @@ def _dual_field(net: nn.Module) -> None:
         narrow_loss, _ = loss(model, batch)
         if not model.training:
             return narrow_loss, {}
-        kept = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-                for m in norms]  # fmt: skip
+        for m in norms:  # batch statistics, and the running ones left alone
+            m.track_running_stats = False
         backbone.set_dilations(TinyNet.WIDE_DILATIONS)
         try:
             wide_loss, _ = loss(model, batch)
         finally:
             backbone.set_dilations(narrow)
-            for m, (mean, var, count) in zip(norms, kept, strict=True):
-                m.running_mean.copy_(mean), m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(count)
+            for m in norms:
+                m.track_running_stats = True
         return (narrow_loss + wide_loss) / 2, {}
 
     cam_module.multilabel_soft_margin_loss = dual_loss
