@@ -487,13 +487,64 @@ def _walk_changes_row(split: str, changes: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+CHANCE_SHARE = 0.9
+"""A CAM classifier whose final loss is above this share of the constant guess's
+(`psa_core.metrics.constant_guess_loss`) has learned next to nothing from the images."""
+
+
+def final_loss(log_csv: str | os.PathLike) -> tuple[str, float]:
+    """The final loss in a training log (`psa_core.training`'s CSV: step, epoch, phase,
+    loss, ...): ("val", the last val row's loss) when the run validated, else ("train",
+    the mean of the last epoch's train rows)."""
+    try:
+        with open(log_csv, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        val = [float(r["loss"]) for r in rows if r["phase"] == "val"]
+        train = [(int(r["epoch"]), float(r["loss"])) for r in rows if r["phase"] == "train"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PsaError(f"{log_csv}: not a training log ({exc}); rerun the training") from exc
+    if val:
+        return "val", val[-1]
+    if not train:
+        raise PsaError(f"{log_csv}: the training log has no loss rows; rerun the training")
+    last = train[-1][0]
+    return "train", float(np.mean([loss for epoch, loss in train if epoch == last]))
+
+
+def classifier_row(split: str, phase: str, loss: float, guess: float) -> dict[str, Any]:
+    """The summary row of the CAM classifier: its final `phase` loss against `guess`, the
+    loss of a constant guess of the class frequencies; it says so when the classifier
+    learned next to nothing (above `CHANCE_SHARE` of the guess)."""
+    if loss > CHANCE_SHARE * guess:
+        note = (
+            f"{phase} loss {loss:.3f}; a constant guess of the class frequencies scores "
+            f"{guess:.3f}: the classifier learned next to nothing from the images, so the "
+            "CAMs and every later stage carry no position information (README, "
+            "troubleshooting)"
+        )
+    else:
+        note = (
+            f"{phase} loss {loss:.3f}, {_pct(loss / guess)} of a constant guess of the class "
+            f"frequencies ({guess:.3f})"
+        )
+    return {
+        "split": split,
+        "stage": "CAM classifier",
+        "setting": f"final {phase} loss",
+        "miou": None,
+        "note": note,
+    }
+
+
 def summary_rows(
     results: dict[str, dict[str, dict[str, Any]]],
     no_ground_truth: Sequence[str] = (),
     walk_changes: Mapping[str, dict[str, Any]] | None = None,
+    classifier: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The CAM → CRF labels → random walk → segmentation network table:
-    rows of `SUMMARY_COLUMNS` per split.
+    rows of `SUMMARY_COLUMNS` per split, after the CAM classifier's row (`classifier`,
+    from `classifier_row`) when the CAMs were trained.
 
     Args:
         results: split → {"cam": evaluate_cams result, "crf": CrfLabelQuality
@@ -504,7 +555,7 @@ def summary_rows(
         walk_changes: split -> its `psa walk-changes` report, for splits without
             ground truth: a row with what the walk did to the CAM foreground.
     """
-    rows = []
+    rows = [classifier] if classifier else []
     for split in no_ground_truth:
         rows.append(
             {"split": split, "stage": "all", "setting": "", "miou": None, "note": NO_GROUND_TRUTH}

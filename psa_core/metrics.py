@@ -172,3 +172,27 @@ def walk_changes(
         "removed": int((foreground & ~walk_foreground).sum()),
         "added": int((~foreground & walk_foreground).sum()),
     }
+
+
+def constant_guess_loss(train_labels: np.ndarray, labels: np.ndarray) -> float:
+    """The CAM loss (multi-label soft margin) of the best classifier that ignores the image.
+
+    Every image gets the logits log(p / (1 - p)) of the classes' frequencies p in
+    `train_labels` ((N, K) of 0/1), and the loss is taken on `labels` ((M, K) of 0/1):
+    on the training labels themselves, the mean binary entropy of the frequencies in
+    nats. A classifier whose loss stays near it has learned nothing from the pixels.
+    The frequencies are clipped to [1 / 2N, 1 - 1 / 2N], so that a class on every
+    training image, or on none, costs a finite loss.
+    """
+    train_labels = np.asarray(train_labels, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    if train_labels.ndim != 2 or labels.ndim != 2 or train_labels.shape[1] != labels.shape[1]:
+        raise PsaError(
+            f"label matrices {train_labels.shape} and {labels.shape}: both must be "
+            "(images, classes) with the same classes"
+        )
+    if not len(train_labels) or not len(labels):
+        raise PsaError("no labelled images: the constant guess needs at least one of each")
+    floor = 1 / (2 * len(train_labels))
+    p = np.clip(train_labels.mean(axis=0), floor, 1 - floor)
+    return float(-(labels * np.log(p) + (1 - labels) * np.log1p(-p)).mean())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -11,7 +12,14 @@ import pytest
 
 from psa_core.cam import cams_to_segmentation
 from psa_core.errors import PsaError
-from psa_core.evaluate import CamThresholdSweep, evaluate_cams, summary_rows, write_cam_report
+from psa_core.evaluate import (
+    CamThresholdSweep,
+    classifier_row,
+    evaluate_cams,
+    final_loss,
+    summary_rows,
+    write_cam_report,
+)
 from psa_core.metrics import confusion_matrix, iou
 
 
@@ -167,3 +175,71 @@ def test_summary_row_of_a_split_without_ground_truth_reports_the_walk_changes() 
         "background; 1 of 4 images kept less than 50.0%"
     )
     assert rows[1]["miou"] is None
+
+
+LOG_HEADER = "step,epoch,phase,loss,lr,images_per_s,elapsed_s\n"
+
+
+def test_final_loss_is_the_last_val_row_or_the_last_epochs_mean_train_loss(tmp_path) -> None:
+    log = tmp_path / "train_log.csv"
+    train_rows = "1,1,train,0.9,0.01,5,1\n2,1,train,0.8,0.01,5,2\n3,2,train,0.6,0.01,5,3\n"
+    train_rows += "4,2,train,0.4,0.01,5,4\n"
+    log.write_text(LOG_HEADER + train_rows)
+    assert final_loss(log) == ("train", pytest.approx(0.5))
+    log.write_text(LOG_HEADER + "2,1,val,0.7,,,2\n" + train_rows + "4,2,val,0.55,,,4\n")
+    assert final_loss(log) == ("val", 0.55)
+
+
+@pytest.mark.parametrize(
+    "text", ["", LOG_HEADER, "step,epoch,phase\n1,1,train\n", LOG_HEADER + "x,1,train,a,,,\n"]
+)
+def test_final_loss_of_a_bad_log_names_the_file(tmp_path, text: str) -> None:
+    log = tmp_path / "train_log.csv"
+    log.write_text(text)
+    with pytest.raises(PsaError, match=re.escape(str(log))):
+        final_loss(log)
+
+
+def test_classifier_row_says_when_the_classifier_learned_next_to_nothing() -> None:
+    row = classifier_row("train", "val", 0.671, 0.668)
+    assert (row["split"], row["stage"], row["setting"], row["miou"]) == (
+        "train",
+        "CAM classifier",
+        "final val loss",
+        None,
+    )
+    assert "learned next to nothing" in row["note"] and "0.668" in row["note"]
+    assert "learned next to nothing" in classifier_row("train", "val", 0.61, 0.668)["note"]
+    learned = classifier_row("train", "val", 0.165, 0.611)["note"]
+    assert learned == "val loss 0.165, 27.0% of a constant guess of the class frequencies (0.611)"
+    rows = summary_rows({}, ["train"], classifier=row)
+    assert [r["stage"] for r in rows] == ["CAM classifier", "all"]
+
+
+def test_psa_summarize_scores_the_val_loss_against_the_guess_on_val_labels(tmp_path) -> None:
+    """Trained on 4 images where class a is on 3; validated on 2 where it is on none. The
+    guess's val loss uses the training frequencies on the val labels; no other row."""
+    from psa_core.data import write_labels
+    from psa_core.metrics import constant_guess_loss
+    from tests.cli_helpers import psa_in_process
+
+    classes = ["a", "b"]
+    train = {f"t{i}": np.array(row) for i, row in enumerate([[1, 0], [1, 1], [1, 0], [0, 1]])}
+    val = {"v0": np.array([0, 1]), "v1": np.array([0, 1])}
+    write_labels(tmp_path / "train.json", classes, train)
+    write_labels(tmp_path / "val.json", classes, val)
+    (tmp_path / "log.csv").write_text(LOG_HEADER + "1,1,train,0.6,0.01,5,1\n1,1,val,0.2,,,1\n")
+    out = tmp_path / "summary"
+    proc = psa_in_process(
+        "summarize", "--cam-log", str(tmp_path / "log.csv"), "--train-split", "mine",
+        "--train-labels", str(tmp_path / "train.json"), "--val-labels",
+        str(tmp_path / "val.json"), "--out-json", f"{out}.json", "--out-csv", f"{out}.csv",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    with open(f"{out}.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["split"], r["stage"]) for r in rows] == [("mine", "CAM classifier"), ("", "all")]
+    guess = constant_guess_loss(np.stack(list(train.values())), np.stack(list(val.values())))
+    assert guess > constant_guess_loss(*[np.stack(list(train.values()))] * 2)
+    expected = classifier_row("mine", "val", 0.2, guess)["note"]
+    assert rows[0]["note"] == expected and "learned next to nothing" not in expected

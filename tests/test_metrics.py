@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 
 from psa_core.errors import PsaError
-from psa_core.metrics import confusion_matrix, iou, walk_changes
+from psa_core.metrics import confusion_matrix, constant_guess_loss, iou, walk_changes
 
 # 4 classes; class 2 appears in neither gt nor prediction; 255 pixels ignored.
 GT = np.array(
@@ -137,3 +138,58 @@ def test_walk_changes_counts_by_hand() -> None:
     }
     with pytest.raises(PsaError, match="rerun the random walk"):
         walk_changes(cams, np.array([0, 2]), walk[:, :2], 0.5)
+
+
+# -- constant_guess_loss -------------------------------------------------------------
+
+
+def _soft_margin(logits: np.ndarray, labels: np.ndarray) -> float:
+    """torch's multi-label soft margin loss (the CAM loss) of these logits."""
+    import torch
+    import torch.nn.functional as F
+
+    return float(F.multilabel_soft_margin_loss(torch.from_numpy(logits), torch.from_numpy(labels)))
+
+
+def test_constant_guess_loss_by_hand() -> None:
+    """Class 0 on 1 of 4 images, class 1 on 2 of 4: the mean binary entropy, in nats."""
+    labels = np.array([[1, 0], [0, 1], [0, 1], [0, 0]], dtype=np.float32)
+    entropy = lambda p: -(p * math.log(p) + (1 - p) * math.log(1 - p))  # noqa: E731
+    expected = (entropy(0.25) + entropy(0.5)) / 2
+    assert constant_guess_loss(labels, labels) == pytest.approx(expected, rel=1e-12)
+
+
+def test_constant_guess_loss_is_torch_soft_margin_of_the_frequency_logits_and_its_minimum():
+    rng = np.random.default_rng(0)
+    train = (rng.random((40, 5)) < [0.1, 0.3, 0.5, 0.7, 0.2]).astype(np.float32)
+    val = (rng.random((15, 5)) < 0.4).astype(np.float32)
+    p = train.mean(axis=0)
+    logits = np.log(p / (1 - p)).astype(np.float32)
+    for scored in (train, val):
+        brute = _soft_margin(np.tile(logits, (len(scored), 1)), scored)
+        assert constant_guess_loss(train, scored) == pytest.approx(brute, rel=1e-5)
+    # on the training labels no other constant does better
+    best = constant_guess_loss(train, train)
+    for shift in (-0.3, -0.05, 0.05, 0.3):
+        shifted = np.tile(logits + shift, (len(train), 1)).astype(np.float32)
+        assert _soft_margin(shifted, train) > best
+
+
+def test_constant_guess_loss_is_finite_for_a_class_on_every_image_or_none() -> None:
+    train = np.array([[1, 0], [1, 0]], dtype=np.float32)  # p clipped to 3/4 and 1/4
+    expected = -math.log(0.75)
+    assert constant_guess_loss(train, train) == pytest.approx(expected, rel=1e-12)
+    assert math.isfinite(constant_guess_loss(train, 1 - train))
+
+
+@pytest.mark.parametrize(
+    ("train", "scored", "message"),
+    [
+        (np.zeros((3, 2)), np.zeros((3, 3)), "same classes"),
+        (np.zeros(3), np.zeros((3, 1)), "(images, classes)"),
+        (np.zeros((0, 2)), np.zeros((3, 2)), "no labelled images"),
+    ],
+)
+def test_constant_guess_loss_refuses_bad_shapes(train, scored, message: str) -> None:
+    with pytest.raises(PsaError, match=re.escape(message)):
+        constant_guess_loss(train, scored)

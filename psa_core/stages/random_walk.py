@@ -25,7 +25,7 @@ import numpy as np
 
 from psa_core import io
 from psa_core.constants import FEATURE_STRIDE
-from psa_core.data import image_paths
+from psa_core.data import image_paths, read_labels
 from psa_core.errors import PsaError
 from psa_core.settings import (
     AffinitySettings,
@@ -389,11 +389,17 @@ def summarize(
     walk: Sequence[Path] | None = None,
     seg: Sequence[Path] | None = None,
     changes: Sequence[Path] | None = None,
+    cam_log: Path | None = None,
+    train_split: str | None = None,
+    train_labels: Path | None = None,
+    val_labels: Path | None = None,
     reports: Reports,
 ) -> None:
     """`psa summarize`: one table of CAM → CRF labels → random walk (→ segmentation
     network, with `seg`) mIoU per split, and a "no ground truth" row for each split
-    without masks.
+    without masks; first, with `cam_log`, a row of the CAM classifier's final loss
+    against a constant guess of the class frequencies (which says so when the
+    classifier learned next to nothing).
 
     Args:
         splits: the scored splits (those with ground-truth masks).
@@ -404,8 +410,14 @@ def summarize(
         seg: their segmentation-network evaluations (.json).
         changes: the `psa walk-changes` reports of the splits without ground truth, one
             per split of `no_ground_truth`.
+        cam_log: the CAM classifier's training log (`psa train-cam --out-log`).
+        train_split: the name of its training split (the row's split; default train).
+        train_labels: its training split's labels (`psa index --out-labels`), with
+            `cam_log`.
+        val_labels: its validation split's labels, when it validated.
     """
-    from psa_core.evaluate import summary_rows, write_summary
+    from psa_core.evaluate import classifier_row, final_loss, summary_rows, write_summary
+    from psa_core.metrics import constant_guess_loss
 
     splits, cam, crf, walk = splits or [], cam or [], crf or [], walk or []
     if not len(splits) == len(cam) == len(crf) == len(walk) == len(seg or splits):
@@ -424,4 +436,22 @@ def summarize(
     reported = {
         split: io.read_json(path) for split, path in zip(unscored, changes or [], strict=False)
     }
-    write_summary(summary_rows(results, unscored, reported), reports.out_json, reports.out_csv)
+    classifier = None
+    if cam_log is not None:
+        if train_labels is None:
+            raise PsaError("summarize: --cam-log needs --train-labels (the training split's)")
+        phase, loss = final_loss(cam_log)
+        train = _label_matrix(train_labels)
+        scored = _label_matrix(val_labels) if phase == "val" and val_labels else train
+        guess = constant_guess_loss(train, scored)
+        classifier = classifier_row(train_split or "train", phase, loss, guess)
+    rows = summary_rows(results, unscored, reported, classifier)
+    write_summary(rows, reports.out_json, reports.out_csv)
+
+
+def _label_matrix(path: Path) -> np.ndarray:
+    """A labels file's (images, classes) matrix of 0/1."""
+    _, labels = read_labels(path)
+    if not labels:
+        raise PsaError(f"{path}: no image has labels; rerun `psa index`")
+    return np.stack(list(labels.values()))

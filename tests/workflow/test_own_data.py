@@ -130,7 +130,8 @@ def test_sheet_with_masks_on_val_only_then_on_none(tmp_path: Path) -> None:
     metrics = json.loads((results / "cam" / "eval" / "val.json").read_text())
     assert (metrics["num_images"], metrics["listed_images"]) == (3, 4)
     rows = _summary(results)
-    assert rows[0]["split"] == "train" and rows[0]["note"] == NO_GROUND_TRUTH
+    assert (rows[0]["stage"], rows[0]["setting"]) == ("CAM classifier", "final train loss")
+    assert rows[1]["split"] == "train" and rows[1]["note"] == NO_GROUND_TRUTH
     val_rows = [r for r in rows if r["split"] == "val"]
     assert len(val_rows) == 6 and all(r["miou"] for r in val_rows)
     assert all("scored on the 3 of 4 images with a mask" in r["note"] for r in val_rows)
@@ -150,14 +151,15 @@ def test_sheet_with_masks_on_val_only_then_on_none(tmp_path: Path) -> None:
     _assert_finished(results, read_image_list(root, "train"))
     rows = _summary(results)
     assert [(r["split"], r["stage"]) for r in rows] == [
+        ("train", "CAM classifier"),  # its final loss against a constant guess
         ("train", "all"),
         ("train", "random walk vs CAM"),
         ("val", "all"),
         ("val", "random walk vs CAM"),
     ]
-    assert rows[0]["note"] == rows[2]["note"] == NO_GROUND_TRUTH
+    assert rows[1]["note"] == rows[3]["note"] == NO_GROUND_TRUTH
     # what the walk did to the CAMs, the guard of a run without ground truth
-    for split, row in (("train", rows[1]), ("val", rows[3])):
+    for split, row in (("train", rows[2]), ("val", rows[4])):
         changes = json.loads((results / "rw" / "changes" / f"{split}.json").read_text())
         assert changes["num_images"] == 4 and set(changes["images"]) == set(
             read_image_list(root, split)

@@ -160,6 +160,10 @@ def test_full_run_artifacts(finished_run: FinishedRun) -> None:
     for split in ("train", "val"):
         for stage in ("CAM", "CRF labels", "random walk", "segmentation network"):
             assert (split, stage) in stages
+    # first, the CAM classifier's final loss against a constant guess (no val split here)
+    assert (summary[0]["split"], summary[0]["stage"]) == ("train", "CAM classifier")
+    assert summary[0]["setting"] == "final train loss", summary[0]
+    assert "a constant guess of the class frequencies" in summary[0]["note"], summary[0]
     assert "pseudo_masks" in finished_run.output  # the closing message says where
     for split in ("train", "val"):
         with Image.open(results / f"report/gallery-{split}.png") as picture:

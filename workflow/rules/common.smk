@@ -317,10 +317,29 @@ walk_shards = shards_of("rw/{split}/shard-{shard}.h5")
 affinity_shards = shards_of("rw/{split}/affinity-{shard}.h5")
 
 
+def classifier_input(wildcards):
+    """`summarize`'s CAM classifier inputs (its training log and its splits' labels), or
+    nothing when the CAMs come from another method."""
+    if EXTERNAL_CAMS:
+        return {}
+    files = {
+        "cam_log": out("cam/train_log.csv"),
+        "train_labels": out(f"index/{TRAIN_SPLIT}/labels.json"),
+    }
+    if VAL_SPLIT is not None:
+        files["val_labels"] = out(f"index/{VAL_SPLIT}/labels.json")
+    return files
+
+
 def summary_options(wildcards, input):
-    """`psa summarize`'s options: the scored splits with their results, and the evaluated
-    splits that have no ground truth."""
+    """`psa summarize`'s options: the scored splits with their results, the evaluated
+    splits that have no ground truth, and the CAM classifier's log and labels."""
     options = []
+    if "cam_log" in input.keys():
+        options += ["--cam-log", input.cam_log, "--train-split", TRAIN_SPLIT]
+        options += ["--train-labels", input.train_labels]
+    if "val_labels" in input.keys():
+        options += ["--val-labels", input.val_labels]
     for flag, values in (
         ("--splits", SCORED_SPLITS),
         ("--no-ground-truth", UNSCORED_SPLITS),

@@ -116,6 +116,7 @@ rule export_masks:
 
 rule summarize:
     input:
+        unpack(classifier_input),
         cam=expand(out("cam/eval/{split}.json"), split=SCORED_SPLITS),
         crf=expand(out("crf/eval/{split}.json"), split=SCORED_SPLITS),
         walk=expand(out("rw/eval/{split}.json"), split=SCORED_SPLITS),
