@@ -511,11 +511,17 @@ def final_loss(log_csv: str | os.PathLike) -> tuple[str, float]:
     return "train", float(np.mean([loss for epoch, loss in train if epoch == last]))
 
 
+def learned_next_to_nothing(loss: float, guess: float) -> bool:
+    """Whether a classifier's final loss is above `CHANCE_SHARE` of `guess`, the loss of a
+    constant guess of the class frequencies."""
+    return loss > CHANCE_SHARE * guess
+
+
 def classifier_row(split: str, phase: str, loss: float, guess: float) -> dict[str, Any]:
     """The summary row of the CAM classifier: its final `phase` loss against `guess`, the
     loss of a constant guess of the class frequencies; it says so when the classifier
-    learned next to nothing (above `CHANCE_SHARE` of the guess)."""
-    if loss > CHANCE_SHARE * guess:
+    learned next to nothing (`learned_next_to_nothing`)."""
+    if learned_next_to_nothing(loss, guess):
         note = (
             f"{phase} loss {loss:.3f}; a constant guess of the class frequencies scores "
             f"{guess:.3f}: the classifier learned next to nothing from the images, so the "

@@ -78,6 +78,29 @@ def train_cam(
         images = {**val_files, **images}
     net = model_to_train("cam", len(classes), files, model, run)
     fit_cam(net, images, names, label_map, cam, val_names=val_names, **loop_keywords(files, run))
+    _report_classifier(files.out_log, label_map, names, val_names)
+
+
+def _report_classifier(
+    log_csv: Path,
+    labels: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    val_names: Sequence[str] | None,
+) -> None:
+    """Log the classifier's final loss against a constant guess of the class frequencies,
+    as a warning when it learned next to nothing (the summary's first row says the same)."""
+    from psa_core.evaluate import classifier_row, final_loss, learned_next_to_nothing
+    from psa_core.metrics import constant_guess_loss
+
+    phase, loss = final_loss(log_csv)
+    train = np.stack([labels[name] for name in names])
+    scored = np.stack([labels[name] for name in val_names]) if phase == "val" else train
+    guess = constant_guess_loss(train, scored)
+    note = classifier_row("", phase, loss, guess)["note"]
+    if learned_next_to_nothing(loss, guess):
+        log.warning("train-cam: %s", note)
+    else:
+        log.info("train-cam: %s", note)
 
 
 def infer_cam(

@@ -164,6 +164,8 @@ def test_full_run_artifacts(finished_run: FinishedRun) -> None:
     assert (summary[0]["split"], summary[0]["stage"]) == ("train", "CAM classifier")
     assert summary[0]["setting"] == "final train loss", summary[0]
     assert "a constant guess of the class frequencies" in summary[0]["note"], summary[0]
+    train_cam_log = (results / "logs/train_cam.log").read_text()
+    assert f"train-cam: {summary[0]['note']}" in train_cam_log, train_cam_log[-2000:]
     assert "pseudo_masks" in finished_run.output  # the closing message says where
     for split in ("train", "val"):
         with Image.open(results / f"report/gallery-{split}.png") as picture:
