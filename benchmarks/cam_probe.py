@@ -32,6 +32,9 @@ variant's dilations, and `--wide-dilations` its wide ones). `--pool` replaces th
 pooling of the class scores (max, log-sum-exp, or the mean of the top share of cells):
 measured and dropped (benchmarks/RESULTS.md).
 
+`--family-set NAME=VALUE` changes a constant of the family's generator for this run
+(`benchmarks/families.set_constants`), e.g. larger objects with coarser patterns.
+
     python benchmarks/cam_probe.py --family texture --variant default --epochs 20
     python benchmarks/cam_probe.py --family texture --variant stem1 --epochs 20
 """
@@ -52,7 +55,7 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.families import FAMILIES  # noqa: E402
+from benchmarks.families import FAMILIES, set_constants  # noqa: E402
 from psa_core import io, settings  # noqa: E402
 from psa_core.cam import fit_cam, multiscale_cam  # noqa: E402
 from psa_core.data import generate_synthetic, index_split, read_classes  # noqa: E402
@@ -166,7 +169,16 @@ def main(argv: list[str] | None = None) -> None:
         help="dilations of blocks 5 and 6 during cam.wide_field_share (default 2 4)",
     )
     parser.add_argument("--dual-field", action="store_true", help="train at 111 and 239 px at once")
+    parser.add_argument(
+        "--family-set",
+        nargs="*",
+        default=[],
+        help="NAME=VALUE: a module constant of the family's generator (YAML; a list gives a "
+        "tuple), e.g. DIAMETER=[0.3, 0.6]: a variant of the family, for one measurement",
+    )
     args = parser.parse_args(argv)
+    if args.family_set and args.family != "demo":
+        set_constants(args.family, args.family_set)
     if args.wide_dilations:
         TinyNet.WIDE_DILATIONS = tuple(args.wide_dilations)
     torch.set_num_threads(2)
@@ -230,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"| {args.family} | {args.variant}{' dual' if args.dual_field else ''} "
         f"| {args.seed} | {args.epochs} "
-        f"| {' '.join(args.set) or '-'} "
+        f"| {' '.join(args.family_set + args.set) or '-'} "
         f"| {last.get('train', float('nan')):.3f} | {last.get('val', float('nan')):.3f} "
         f"| {100 * result['published_miou']:.1f} | {100 * result['best_miou']:.1f} "
         f"({result['best_threshold']}) | {seconds:.0f} |"

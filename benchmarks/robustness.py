@@ -15,6 +15,9 @@ dataset with the committed config as it is.
     python benchmarks/robustness.py --families texture --stop-after cam \\
         --config-override cam.yaml --workdir /tmp/psa-rb-cam
 
+--family-set NAME=VALUE (one generated family) changes a constant of its generator, a
+variant for one measurement, e.g. --families texture --family-set "DIAMETER=[0.3, 0.6]".
+
 Each family's folder is cleared first, so the wall time is that of a full run;
 --keep reuses what is there instead (the dataset when family and seed match,
 and Snakemake's finished jobs). The exit status is 1 when a Snakemake run failed.
@@ -36,7 +39,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `families`, also under python -m
 
-from families import FAMILIES  # noqa: E402
+from families import FAMILIES, set_constants  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = "demo"
@@ -131,15 +134,22 @@ def targets(config: dict[str, Any], stop_after: str | None) -> list[str]:
 
 
 def prepare_data(
-    family: str, folder: Path, seed: int, num_train: int | None = None
+    family: str,
+    folder: Path,
+    seed: int,
+    num_train: int | None = None,
+    constants: dict[str, Any] | None = None,
 ) -> float | None:
     """Generate the family's dataset into folder/data unless the same one is there
-    (`num_train` training images, None for the family's own count); returns the seconds
-    it took (None when reused or for `demo`)."""
+    (`num_train` training images, None for the family's own count; `constants`, those
+    set by --family-set); returns the seconds it took (None when reused or for `demo`)."""
     if family == DEMO:
         return None
     marker = folder / "dataset.json"
     wanted = {"family": family, "seed": seed, "num_train": num_train}
+    if constants:
+        wanted["constants"] = {name: list(v) if isinstance(v, tuple) else v
+                               for name, v in constants.items()}  # fmt: skip
     data = folder / DATA_DIR
     if (
         data.is_dir()
@@ -165,13 +175,14 @@ def run_family(
     keep: bool,
     cores: int,
     num_train: int | None = None,
+    constants: dict[str, Any] | None = None,
 ) -> int:
     """Prepare and run one family; writes folder/run.json (wall time, exit status)."""
     folder = workdir / family
     if folder.exists() and not keep:
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    generation = prepare_data(family, folder, seed, num_train)
+    generation = prepare_data(family, folder, seed, num_train, constants)
     if generation is not None:
         print(f"[{family}] dataset generated in {generation:.1f} s: {folder / DATA_DIR}")
     config = family_config(base, family, override)
@@ -200,6 +211,9 @@ def run_family(
         "family": family,
         "seed": seed,
         "num_train": num_train,
+        "family_set": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in (constants or {}).items()
+        },
         "stop_after": stop_after,
         "wall_s": round(wall, 1),
         "returncode": returncode,
@@ -386,6 +400,10 @@ def report_family(family: str, workdir: Path) -> list[str]:
     status = run.get("returncode")
     data = "built-in synthetic" if family == DEMO else str(folder / DATA_DIR)
     size = f"; {run['num_train']} train images" if run.get("num_train") else ""
+    if run.get("family_set"):
+        size += "; generator constants " + ", ".join(
+            f"{name}={value}" for name, value in run["family_set"].items()
+        )
     print(f"data: {data}; seed {run.get('seed', '?')}{size}")
     if run.get("generation_s") is not None:
         print(f"generation: {run['generation_s']} s")
@@ -464,7 +482,18 @@ def main(argv: list[str] | None = None) -> int:
         help="training images of the generated families (default: each family's own)",
     )
     parser.add_argument("--cores", type=int, default=CORES, help=f"Snakemake --cores ({CORES})")
+    parser.add_argument(
+        "--family-set",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a module constant of the (one) generated family, e.g. 'DIAMETER=[0.3, 0.6]': "
+        "a variant of it, for one measurement",
+    )
     args = parser.parse_args(argv)
+    if args.family_set and (len(args.families) != 1 or args.families[0] == DEMO):
+        parser.error("--family-set goes with one generated family (--families NAME)")
+    constants = set_constants(args.families[0], args.family_set) if args.family_set else None
 
     workdir = args.workdir.resolve()
     if workdir == REPO or workdir.is_relative_to(REPO) or REPO.is_relative_to(workdir):
@@ -484,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.keep,
                 args.cores,
                 args.num_train,
+                constants,
             )
             if code:
                 failed.append(family)

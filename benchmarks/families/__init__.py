@@ -30,4 +30,25 @@ FAMILIES: dict[str, Generate] = {
     "hue": hue.generate,
 }
 
-__all__ = ["CLASSES", "FAMILIES", "Generate"]
+
+def set_constants(family: str, items: list[str]) -> dict[str, object]:
+    """Set module constants of a family's generator from NAME=VALUE items (YAML values; a
+    list becomes a tuple), e.g. `DIAMETER=[0.3, 0.6]`: a variant of the family, for a
+    measurement (`--family-set` of cam_probe.py and robustness.py). Returns what was set."""
+    import sys
+
+    import yaml
+
+    module = sys.modules[FAMILIES[family].__module__]
+    values: dict[str, object] = {}
+    for item in items:
+        name, _, text = item.partition("=")
+        if not name.isupper() or not hasattr(module, name):
+            raise SystemExit(f"--family-set {item}: {module.__name__} has no constant {name}")
+        value = yaml.safe_load(text)
+        values[name] = tuple(value) if isinstance(value, list) else value
+        setattr(module, name, values[name])
+    return values
+
+
+__all__ = ["CLASSES", "FAMILIES", "Generate", "set_constants"]
