@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
         "tuple), e.g. DIAMETER=[0.3, 0.6]: a variant of the family, for one measurement",
     )
     args = parser.parse_args(argv)
-    if args.family_set and args.family != "demo":
+    if args.family_set:
+        if args.family == "demo":
+            raise SystemExit("--family-set: the demo has no generator constants")
         set_constants(args.family, args.family_set)
     if args.wide_dilations:
         TinyNet.WIDE_DILATIONS = tuple(args.wide_dilations)

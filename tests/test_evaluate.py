@@ -14,7 +14,7 @@ from psa_core.cam import cams_to_segmentation
 from psa_core.errors import PsaError
 from psa_core.evaluate import (
     CamThresholdSweep,
-    classifier_row,
+    classifier_check,
     evaluate_cams,
     final_loss,
     summary_rows,
@@ -200,20 +200,62 @@ def test_final_loss_of_a_bad_log_names_the_file(tmp_path, text: str) -> None:
         final_loss(log)
 
 
-def test_classifier_row_says_when_the_classifier_learned_next_to_nothing() -> None:
-    row = classifier_row("train", "val", 0.671, 0.668)
+def _log(tmp_path, rows: str):
+    log = tmp_path / "train_log.csv"
+    log.write_text(LOG_HEADER + rows)
+    return log
+
+
+# 4 training images: class 0 on 1, class 1 on 2; the guess on them is the mean binary
+# entropy of 1/4 and 1/2 (tests/test_metrics.py checks constant_guess_loss itself)
+GUESS_TRAIN = np.array([[1, 0], [0, 1], [0, 1], [0, 0]], dtype=np.float32)
+GUESS = (-(0.25 * np.log(0.25) + 0.75 * np.log(0.75)) + np.log(2)) / 2
+
+
+@pytest.mark.parametrize(
+    ("share", "nothing"), [(0.2, False), (0.89, False), (0.91, True), (1.05, True)]
+)
+def test_classifier_check_says_when_the_val_loss_is_near_the_constant_guess(
+    tmp_path, share: float, nothing: bool
+) -> None:
+    loss = share * GUESS
+    log = _log(tmp_path, f"1,1,train,0.9,0.01,5,1\n1,1,val,{loss},,,1\n")
+    row, verdict = classifier_check("train", log, GUESS_TRAIN, GUESS_TRAIN)
+    assert verdict is nothing
     assert (row["split"], row["stage"], row["setting"], row["miou"]) == (
         "train",
         "CAM classifier",
         "final val loss",
         None,
     )
-    assert "learned next to nothing" in row["note"] and "0.668" in row["note"]
-    assert "learned next to nothing" in classifier_row("train", "val", 0.61, 0.668)["note"]
-    learned = classifier_row("train", "val", 0.165, 0.611)["note"]
-    assert learned == "val loss 0.165, 27.0% of a constant guess of the class frequencies (0.611)"
-    rows = summary_rows({}, ["train"], classifier=row)
-    assert [r["stage"] for r in rows] == ["CAM classifier", "all"]
+    assert ("learned next to nothing" in row["note"]) is nothing
+    if not nothing:
+        assert row["note"] == (
+            f"val loss {loss:.3f}, {100 * share:.1f}% of a constant guess of the class "
+            f"frequencies ({GUESS:.3f})"
+        )
+    assert [r["stage"] for r in summary_rows({}, ["train"], classifier=row)] == [
+        "CAM classifier",
+        "all",
+    ]
+
+
+def test_classifier_check_hedges_a_train_loss_and_flags_nan(tmp_path) -> None:
+    row, nothing = classifier_check(
+        "t", _log(tmp_path, f"1,1,train,{GUESS},0.01,5,1\n"), GUESS_TRAIN
+    )
+    assert nothing and row["setting"] == "final train loss"
+    assert "may have learned next to nothing" in row["note"] and "val_split" in row["note"]
+    row, nothing = classifier_check(
+        "t", _log(tmp_path, "1,1,val,nan,,,1\n"), GUESS_TRAIN, GUESS_TRAIN
+    )
+    assert nothing and "learned next to nothing" in row["note"]
+
+
+def test_classifier_check_of_a_validated_run_needs_the_val_labels(tmp_path) -> None:
+    log = _log(tmp_path, "1,1,val,0.2,,,1\n")
+    with pytest.raises(PsaError, match=re.escape(f"{log}: the classifier was validated")):
+        classifier_check("train", log, GUESS_TRAIN)
 
 
 def test_psa_summarize_scores_the_val_loss_against_the_guess_on_val_labels(tmp_path) -> None:
@@ -241,5 +283,6 @@ def test_psa_summarize_scores_the_val_loss_against_the_guess_on_val_labels(tmp_p
     assert [(r["split"], r["stage"]) for r in rows] == [("mine", "CAM classifier"), ("", "all")]
     guess = constant_guess_loss(np.stack(list(train.values())), np.stack(list(val.values())))
     assert guess > constant_guess_loss(*[np.stack(list(train.values()))] * 2)
-    expected = classifier_row("mine", "val", 0.2, guess)["note"]
-    assert rows[0]["note"] == expected and "learned next to nothing" not in expected
+    expected = f"val loss 0.200, {100 * 0.2 / guess:.1f}% of a constant guess of the class "
+    expected += f"frequencies ({guess:.3f})"
+    assert rows[0]["note"] == expected

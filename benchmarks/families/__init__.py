@@ -45,6 +45,8 @@ def set_constants(family: str, items: list[str]) -> dict[str, object]:
         name, _, text = item.partition("=")
         if not name.isupper() or not hasattr(module, name):
             raise SystemExit(f"--family-set {item}: {module.__name__} has no constant {name}")
+        if name in ("NUM_TRAIN", "NUM_VAL"):  # bound as generate()'s defaults already
+            raise SystemExit(f"--family-set {item}: use --num-train for the split sizes")
         value = yaml.safe_load(text)
         values[name] = tuple(value) if isinstance(value, list) else value
         setattr(module, name, values[name])

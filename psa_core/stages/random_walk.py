@@ -411,13 +411,12 @@ def summarize(
         changes: the `psa walk-changes` reports of the splits without ground truth, one
             per split of `no_ground_truth`.
         cam_log: the CAM classifier's training log (`psa train-cam --out-log`).
-        train_split: the name of its training split (the row's split; default train).
+        train_split: the name of its training split (the row's split), with `cam_log`.
         train_labels: its training split's labels (`psa index --out-labels`), with
             `cam_log`.
         val_labels: its validation split's labels, when it validated.
     """
-    from psa_core.evaluate import classifier_row, final_loss, summary_rows, write_summary
-    from psa_core.metrics import constant_guess_loss
+    from psa_core.evaluate import classifier_check, summary_rows, write_summary
 
     splits, cam, crf, walk = splits or [], cam or [], crf or [], walk or []
     if not len(splits) == len(cam) == len(crf) == len(walk) == len(seg or splits):
@@ -438,13 +437,14 @@ def summarize(
     }
     classifier = None
     if cam_log is not None:
-        if train_labels is None:
-            raise PsaError("summarize: --cam-log needs --train-labels (the training split's)")
-        phase, loss = final_loss(cam_log)
-        train = _label_matrix(train_labels)
-        scored = _label_matrix(val_labels) if phase == "val" and val_labels else train
-        guess = constant_guess_loss(train, scored)
-        classifier = classifier_row(train_split or "train", phase, loss, guess)
+        if train_labels is None or train_split is None:
+            raise PsaError("summarize: --cam-log needs --train-split and --train-labels")
+        val = _label_matrix(val_labels) if val_labels else None
+        classifier, _ = classifier_check(train_split, cam_log, _label_matrix(train_labels), val)
+    elif train_labels or val_labels or train_split:
+        raise PsaError(
+            "summarize: --train-split, --train-labels and --val-labels go with --cam-log"
+        )
     rows = summary_rows(results, unscored, reported, classifier)
     write_summary(rows, reports.out_json, reports.out_csv)
 
@@ -453,5 +453,5 @@ def _label_matrix(path: Path) -> np.ndarray:
     """A labels file's (images, classes) matrix of 0/1."""
     _, labels = read_labels(path)
     if not labels:
-        raise PsaError(f"{path}: no image has labels; rerun `psa index`")
+        raise PsaError(f"{path}: the labels file lists no image; rerun `psa index`")
     return np.stack(list(labels.values()))

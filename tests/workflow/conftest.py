@@ -97,7 +97,8 @@ ONE_THREAD_RULES = ("infer_cam", "random_walk", "evaluate_random_walk", "infer_s
 """Rules that ask for 2 threads and run one job per shard or split. On TINY_CONFIG's
 images a job of theirs spends most of its 2 s starting up (`import torch`, one thread),
 so the tests give them 1 thread each and Snakemake runs two at once on the 2 cores:
-the shared run takes about a quarter less time. (A thread count is no rerun trigger.)"""
+the shared run takes about 40 % less time. (A thread count is no rerun trigger;
+Snakemake ignores a rule name it does not know here, so keep the names current.)"""
 
 
 def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

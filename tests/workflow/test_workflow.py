@@ -24,6 +24,7 @@ from tests.workflow.conftest import (
     HOSTILE,
     NUM_TRAIN,
     NUM_VAL,
+    ONE_THREAD_RULES,
     REPO,
     RESULTS,
     SHARD_SIZE,
@@ -35,6 +36,15 @@ from tests.workflow.conftest import (
     run_snakemake,
     write_config,
 )
+
+
+def test_the_tests_one_thread_rules_are_rules_that_ask_for_two() -> None:
+    """`run_snakemake`'s --set-threads names (Snakemake ignores a name it does not know)."""
+    rules = "".join(path.read_text() for path in sorted((REPO / "workflow/rules").glob("*.smk")))
+    for rule in ONE_THREAD_RULES:
+        match = re.search(rf"^\s*rule {rule}:\n(.*?)(^\s*rule |\Z)", rules, flags=re.M | re.S)
+        assert match, f"no rule {rule} in workflow/rules"
+        assert re.search(r"^\s+threads: 2$", match.group(1), flags=re.M), rule
 
 
 def test_lint_is_clean(tiny_workdir: Path) -> None:
