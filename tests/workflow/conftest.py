@@ -101,9 +101,10 @@ the shared run takes about 40 % less time. (A thread count is no rerun trigger;
 Snakemake ignores a rule name it does not know here, so keep the names current.)"""
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run the repository's Snakefile with `workdir` as working directory, on 2 cores."""
-    cmd = [
+def snakemake_command(workdir: Path, *args: str) -> list[str]:
+    """The tests' Snakemake command line: the repository's Snakefile, `workdir` as working
+    directory, 2 cores (the rules of `ONE_THREAD_RULES` at 1 thread)."""
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -117,6 +118,11 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.C
         "2",
         *args,
     ]
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `snakemake_command(workdir, *args)`; with `check`, fail on a non-zero exit."""
+    cmd = snakemake_command(workdir, *args)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(

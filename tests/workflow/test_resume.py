@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,6 @@ import torch
 
 from psa_core import io
 from tests.workflow.conftest import (
-    REPO,
     RESULTS,
     FinishedRun,
     copy_run,
@@ -35,6 +33,7 @@ from tests.workflow.conftest import (
     planned_jobs,
     run_config,
     run_snakemake,
+    snakemake_command,
     write_config,
 )
 
@@ -130,8 +129,7 @@ def interrupt_during_affinity_training(workdir: Path) -> tuple[int, str]:
     """
     partial = workdir / RESULTS / "affinity/train_log.csv.partial"
     log_path = workdir / "interrupted-run.log"
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile")]
-    cmd += ["--directory", str(workdir), "--cores", "2"]
+    cmd = snakemake_command(workdir)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
