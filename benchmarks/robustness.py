@@ -148,8 +148,7 @@ def prepare_data(
     marker = folder / "dataset.json"
     wanted = {"family": family, "seed": seed, "num_train": num_train}
     if constants:
-        wanted["constants"] = {name: list(v) if isinstance(v, tuple) else v
-                               for name, v in constants.items()}  # fmt: skip
+        wanted["constants"] = constants
     data = folder / DATA_DIR
     if (
         data.is_dir()
@@ -211,9 +210,7 @@ def run_family(
         "family": family,
         "seed": seed,
         "num_train": num_train,
-        "family_set": {
-            k: list(v) if isinstance(v, tuple) else v for k, v in (constants or {}).items()
-        },
+        "family_set": constants or {},
         "stop_after": stop_after,
         "wall_s": round(wall, 1),
         "returncode": returncode,

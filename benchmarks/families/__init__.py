@@ -34,7 +34,8 @@ FAMILIES: dict[str, Generate] = {
 def set_constants(family: str, items: list[str]) -> dict[str, object]:
     """Set module constants of a family's generator from NAME=VALUE items (YAML values; a
     list becomes a tuple), e.g. `DIAMETER=[0.3, 0.6]`: a variant of the family, for a
-    measurement (`--family-set` of cam_probe.py and robustness.py). Returns what was set."""
+    measurement (`--family-set` of cam_probe.py and robustness.py). Returns the values
+    as read (lists stay lists, ready for JSON)."""
     import sys
 
     import yaml
@@ -47,9 +48,8 @@ def set_constants(family: str, items: list[str]) -> dict[str, object]:
             raise SystemExit(f"--family-set {item}: {module.__name__} has no constant {name}")
         if name in ("NUM_TRAIN", "NUM_VAL"):  # bound as generate()'s defaults already
             raise SystemExit(f"--family-set {item}: use --num-train for the split sizes")
-        value = yaml.safe_load(text)
-        values[name] = tuple(value) if isinstance(value, list) else value
-        setattr(module, name, values[name])
+        values[name] = value = yaml.safe_load(text)
+        setattr(module, name, tuple(value) if isinstance(value, list) else value)
     return values
 
 
