@@ -6,6 +6,13 @@ IGNORE_INDEX = 255
 BACKGROUND_INDEX = 0
 """Segmentation index of the background; class c (0-based) has index c + 1."""
 
+CHANCE_SHARE = 0.9
+"""A CAM classifier whose final loss is above this share of the constant guess's
+(`psa_core.metrics.constant_guess_loss`) has learned next to nothing from the images
+(the summary's `CAM classifier` row; the default of `cam.retry_above`). Set on val
+losses (benchmarks/RESULTS.md, "a guard for a classifier at chance"); a train loss,
+taken under augmentation, sits higher, so on it the summary hedges its verdict."""
+
 FEATURE_STRIDE = 8
 """Output stride of every backbone: one feature cell per 8x8 pixels."""
 

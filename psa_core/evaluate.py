@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from psa_core.constants import BACKGROUND_INDEX, IGNORE_INDEX
+from psa_core.constants import BACKGROUND_INDEX, CHANCE_SHARE, IGNORE_INDEX
 from psa_core.errors import PsaError
 from psa_core.io import atomic_path, write_json
 from psa_core.metrics import as_class_indices, confusion_matrix, iou, top_class
@@ -487,13 +487,6 @@ def _walk_changes_row(split: str, changes: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-CHANCE_SHARE = 0.9
-"""A CAM classifier whose final loss is above this share of the constant guess's
-(`psa_core.metrics.constant_guess_loss`) has learned next to nothing from the images.
-Set on val losses (benchmarks/RESULTS.md, "a guard for a classifier at chance"); a
-train loss, taken under augmentation, sits higher, so on it the verdict is hedged."""
-
-
 def final_loss(log_csv: str | os.PathLike) -> tuple[str, float]:
     """The final loss in a training log (`psa_core.training`'s CSV: step, epoch, phase,
     loss, ...): ("val", the last val row's loss) when the run validated, else ("train",
@@ -513,6 +506,25 @@ def final_loss(log_csv: str | os.PathLike) -> tuple[str, float]:
     return "train", float(np.mean([loss for epoch, loss in train if epoch == last]))
 
 
+def loss_and_guess(
+    log_csv: str | os.PathLike, train_labels: np.ndarray, val_labels: np.ndarray | None = None
+) -> tuple[str, float, float]:
+    """(phase, final loss, the constant guess's loss on the same images) of a CAM
+    classifier's training log: `final_loss`, and `psa_core.metrics.constant_guess_loss` of
+    the frequencies in `train_labels` scored on `val_labels` for a val loss (required
+    then), else on `train_labels`."""
+    from psa_core.metrics import constant_guess_loss
+
+    phase, loss = final_loss(log_csv)
+    if phase == "val" and val_labels is None:
+        raise PsaError(
+            f"{log_csv}: the classifier was validated; give its validation split's labels "
+            "too (--val-labels)"
+        )
+    guess = constant_guess_loss(train_labels, val_labels if phase == "val" else train_labels)
+    return phase, loss, guess
+
+
 def classifier_check(
     split: str,
     log_csv: str | os.PathLike,
@@ -527,15 +539,7 @@ def classifier_check(
     `CHANCE_SHARE` of the guess (or not a number) the row says the classifier learned
     next to nothing; for a train loss it says so with a hedge.
     """
-    from psa_core.metrics import constant_guess_loss
-
-    phase, loss = final_loss(log_csv)
-    if phase == "val" and val_labels is None:
-        raise PsaError(
-            f"{log_csv}: the classifier was validated; give its validation split's labels "
-            "too (--val-labels)"
-        )
-    guess = constant_guess_loss(train_labels, val_labels if phase == "val" else train_labels)
+    phase, loss, guess = loss_and_guess(log_csv, train_labels, val_labels)
     nothing = not loss <= CHANCE_SHARE * guess
     compared = (
         f"{phase} loss {loss:.3f}; a constant guess of the class frequencies scores {guess:.3f}"

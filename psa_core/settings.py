@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from psa_core.constants import CHANCE_SHARE
 from psa_core.errors import PsaError
 from psa_core.io import MAX_IMAGE_PIXELS
 
@@ -313,6 +314,24 @@ class CamSettings(TrainSettings):
         "(not part of PSA).",
         minimum=0,
         exclusiveMaximum=1,
+    )
+
+    attempts: int = setting(
+        1,
+        "Trainings of the classifier at most: while the final loss (val when there is a "
+        "val split) stays above cam.retry_above of a constant guess's, it trains again from "
+        "new weights at the next seed (seed + 1, ...), and the attempt with the lowest loss "
+        "is kept. From scratch, whether a classifier leaves the chance plateau can depend on "
+        "the seed (benchmarks/RESULTS.md). 1 = one training (not part of PSA).",
+        minimum=1,
+    )
+    retry_above: float = setting(
+        CHANCE_SHARE,
+        "Share of a constant guess's loss (the class frequencies) above which a classifier "
+        "counts as not learned, for cam.attempts; the default is where the summary says it "
+        "learned next to nothing.",
+        exclusiveMinimum=0,
+        maximum=1,
     )
 
     def __post_init__(self) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +27,7 @@ from psa_core.settings import (
     Keys,
     ModelSettings,
     RunSettings,
+    as_dict,
 )
 from psa_core.stages.common import (
     LabelledImages,
@@ -63,6 +65,7 @@ def train_cam(
         val_labels: their labels (default: the training split's).
     """
     from psa_core.cam import fit_cam
+    from psa_core.training import digest
 
     classes, label_map = read_labels(data.labels)
     images = data.image_files()
@@ -76,9 +79,98 @@ def train_cam(
         val_names = list(val_files)
         label_map = {**val_label_map, **label_map}
         images = {**val_files, **images}
-    net = model_to_train("cam", len(classes), files, model, run)
-    fit_cam(net, images, names, label_map, cam, val_names=val_names, **loop_keywords(files, run))
+
+    def fit(files: TrainingFiles, run: RunSettings) -> None:
+        net = model_to_train("cam", len(classes), files, model, run)
+        fit_cam(
+            net, images, names, label_map, cam, val_names=val_names, **loop_keywords(files, run)
+        )
+
+    if cam.attempts == 1:
+        fit(files, run)
+    else:
+        key = {"cam": as_dict(cam), "model": as_dict(model), "init": str(files.init)}
+        key |= {"names": names, "val_names": val_names}
+        key["labels"] = [label_map[name].tolist() for name in names + (val_names or [])]
+        _fit_attempts(
+            fit, files, run, cam, digest(key), _label_matrices(label_map, names, val_names)
+        )
     _report_classifier(files.out_log, label_map, names, val_names)
+
+
+def _label_matrices(
+    labels: Mapping[str, np.ndarray], names: Sequence[str], val_names: Sequence[str] | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N, K) label matrices of the training images and of the validation images (or None)."""
+    train = np.stack([labels[name] for name in names])
+    return train, np.stack([labels[name] for name in val_names]) if val_names else None
+
+
+def _attempt_files(files: TrainingFiles, attempt: int) -> TrainingFiles:
+    """Attempt `attempt`'s files beside the run's: NAME.attemptN.EXT."""
+
+    def beside(path: Path) -> Path:
+        return path.with_name(f"{path.stem}.attempt{attempt}{path.suffix}")
+
+    return dataclasses.replace(
+        files,
+        checkpoint=beside(files.checkpoint),
+        out_log=beside(files.out_log),
+        out=beside(files.out),
+    )
+
+
+def _fit_attempts(
+    fit: Callable[[TrainingFiles, RunSettings], None],
+    files: TrainingFiles,
+    run: RunSettings,
+    cam: CamSettings,
+    key: str,
+    labels: tuple[np.ndarray, np.ndarray | None],
+) -> None:
+    """`cam.attempts`: train at seeds run.seed, run.seed + 1, ... until a final loss is at
+    most `cam.retry_above` of the constant guess's, then keep the lowest-loss attempt as
+    `files.out` and `files.out_log`.
+
+    Each attempt trains resumably into its own files (`_attempt_files`); a finished one is
+    recorded in NAME.attemptN.json with `key` (the run's settings, data and initial weights)
+    and its seed, so that a resumed job skips it and a job of other settings trains it again.
+    The other attempts' files are deleted once the kept one is in place.
+    """
+    from psa_core.evaluate import loss_and_guess
+
+    tried: list[tuple[float, int, TrainingFiles]] = []
+    for attempt in range(cam.attempts):
+        seed = run.seed + attempt
+        paths = _attempt_files(files, attempt)
+        record = paths.out.with_suffix(".json")
+        expected = {"key": key, "seed": seed}
+        done = record.is_file() and paths.out.is_file() and paths.out_log.is_file()
+        if not (done and {k: io.read_json(record).get(k) for k in expected} == expected):
+            record.unlink(missing_ok=True)
+            fit(paths, dataclasses.replace(run, seed=seed))
+            io.write_json(record, expected)
+        phase, loss, guess = loss_and_guess(paths.out_log, *labels)
+        tried.append((loss / guess if loss == loss else float("inf"), attempt, paths))
+        log.info(
+            "train-cam: attempt %d of at most %d (seed %d): final %s loss %.3f, %.1f%% of a "
+            "constant guess's %.3f",
+            attempt + 1, cam.attempts, seed, phase, loss, 100 * loss / guess, guess,
+        )  # fmt: skip
+        if tried[-1][0] <= cam.retry_above:
+            break
+    share, best, kept = min(tried, key=lambda item: item[:2])
+    if len(tried) > 1:
+        (log.info if share <= cam.retry_above else log.warning)(
+            "train-cam: kept attempt %d of %d (%.1f%% of the constant guess; cam.retry_above "
+            "%.0f%%)",
+            best + 1, len(tried), 100 * share, 100 * cam.retry_above,
+        )  # fmt: skip
+    os.replace(kept.out_log, files.out_log)
+    os.replace(kept.out, files.out)
+    for _, _, paths in tried:
+        for path in (paths.out, paths.out_log, paths.out.with_suffix(".json")):
+            path.unlink(missing_ok=True)
 
 
 def _report_classifier(
@@ -93,10 +185,8 @@ def _report_classifier(
     here is a warning, not a failed job."""
     from psa_core.evaluate import classifier_check
 
-    train = np.stack([labels[name] for name in names])
-    val = np.stack([labels[name] for name in val_names]) if val_names else None
     try:
-        row, nothing = classifier_check("", log_csv, train, val)
+        row, nothing = classifier_check("", log_csv, *_label_matrices(labels, names, val_names))
     except PsaError as exc:
         log.warning("train-cam: no check of the final loss: %s", exc)
         return
