@@ -65,7 +65,7 @@ def train_cam(
         val_labels: their labels (default: the training split's).
     """
     from psa_core.cam import fit_cam
-    from psa_core.training import digest
+    from psa_core.training import SPEED_ONLY_SETTINGS, digest
 
     classes, label_map = read_labels(data.labels)
     images = data.image_files()
@@ -89,7 +89,8 @@ def train_cam(
     if cam.attempts == 1:
         fit(files, run)
     else:
-        key = {"cam": as_dict(cam), "model": as_dict(model), "init": str(files.init)}
+        settings = {k: v for k, v in as_dict(cam).items() if k not in SPEED_ONLY_SETTINGS}
+        key = {"cam": settings, "model": as_dict(model), "init": str(files.init)}
         key |= {"names": names, "val_names": val_names}
         key["labels"] = [label_map[name].tolist() for name in names + (val_names or [])]
         _fit_attempts(
