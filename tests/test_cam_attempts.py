@@ -178,3 +178,16 @@ def test_a_killed_job_resumes_after_its_finished_attempts(
     train(data, tmp_path / "b", attempts=3, retry_above=1e-6, lr=0.02)
     assert len(calls) == 3
     assert leftovers(tmp_path / "b") == []
+
+
+def test_a_run_that_stops_early_clears_the_later_attempts_of_a_killed_job(
+    data, single, tmp_path, count_fits
+) -> None:
+    count_fits(fail_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, tmp_path, attempts=3, retry_above=1e-6)
+    (tmp_path / "checkpoint.attempt2.pt").write_bytes(b"left by a killed job")
+    calls = count_fits()
+    files = train(data, tmp_path, attempts=3, retry_above=1.0)
+    assert calls == [] and same_weights(files.out, single[0].out)  # the finished first one
+    assert leftovers(tmp_path) == []

@@ -80,16 +80,19 @@ def train_cam(
         label_map = {**val_label_map, **label_map}
         images = {**val_files, **images}
 
+    # one training: the same whatever the attempts (its checkpoint and record hold it)
+    one = dataclasses.replace(cam, attempts=1, retry_above=CamSettings().retry_above)
+
     def fit(files: TrainingFiles, run: RunSettings) -> None:
         net = model_to_train("cam", len(classes), files, model, run)
         fit_cam(
-            net, images, names, label_map, cam, val_names=val_names, **loop_keywords(files, run)
+            net, images, names, label_map, one, val_names=val_names, **loop_keywords(files, run)
         )
 
     if cam.attempts == 1:
         fit(files, run)
     else:
-        settings = {k: v for k, v in as_dict(cam).items() if k not in SPEED_ONLY_SETTINGS}
+        settings = {k: v for k, v in as_dict(one).items() if k not in SPEED_ONLY_SETTINGS}
         key = {"cam": settings, "model": as_dict(model), "init": str(files.init)}
         key |= {"names": names, "val_names": val_names}
         key["labels"] = [label_map[name].tolist() for name in names + (val_names or [])]
@@ -134,9 +137,10 @@ def _fit_attempts(
     `files.out` and `files.out_log`.
 
     Each attempt trains resumably into its own files (`_attempt_files`); a finished one is
-    recorded in NAME.attemptN.json with `key` (the run's settings, data and initial weights)
+    recorded in NAME.attemptN.json with `key` (the run's settings but the attempts', data
+    and initial weights)
     and its seed, so that a resumed job skips it and a job of other settings trains it again.
-    The other attempts' files are deleted once the kept one is in place.
+    Every attempt's files are deleted once the kept one is in place.
     """
     from psa_core.evaluate import loss_and_guess
 
@@ -169,8 +173,9 @@ def _fit_attempts(
         )  # fmt: skip
     os.replace(kept.out_log, files.out_log)
     os.replace(kept.out, files.out)
-    for _, _, paths in tried:
-        for path in (paths.out, paths.out_log, paths.out.with_suffix(".json")):
+    for paths in (_attempt_files(files, attempt) for attempt in range(cam.attempts)):
+        # also those of attempts not reached this time (left by a killed job)
+        for path in (paths.out, paths.out_log, paths.out.with_suffix(".json"), paths.checkpoint):
             path.unlink(missing_ok=True)
 
 
