@@ -18,7 +18,7 @@ from psa_core.evaluate import loss_and_guess
 from psa_core.settings import CamSettings, ModelSettings, RunSettings
 from psa_core.stages.cam import train_cam
 from psa_core.stages.common import LabelledImages, TrainingFiles
-from tests.train_helpers import NUM_CLASSES, write_dataset
+from tests.train_helpers import NUM_CLASSES, one_torch_thread, write_dataset
 
 CLASSES = [f"class{i}" for i in range(NUM_CLASSES)]
 N_TRAIN, N_VAL = 12, 4
@@ -27,10 +27,8 @@ SMALL = {"crop_size": 32, "resize_long": (24, 40), "epochs": 2, "batch_size": 4,
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -34,6 +34,7 @@ from psa_core.settings import RandomWalkEvaluateSettings, RandomWalkSettings, Ru
 from psa_core.stages.common import LabelledImages, Reports
 from psa_core.stages.random_walk import evaluate_random_walk
 from tests.cli_helpers import psa_in_process as psa
+from tests.train_helpers import one_torch_thread
 
 ALPHAS = (2.0, 4.0, 8.0, 24.0, 32.0)
 CONFIGURED = RandomWalkSettings().alpha  # 16: the walk the stage stored
@@ -46,10 +47,8 @@ SHORT_LOGT = 5
 def one_thread():
     """One torch thread: a walk's 256 small sparse products run no faster on two, and on a
     busy 2-core machine each product then waits for a descheduled thread (about 50x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 # -- inputs -------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from psa_core.training import (
 )
 from psa_core.transforms import IMAGENET_NORMALIZATION, CamTrainTransform, training_transform
 from tests.train_helpers import (
+    one_torch_thread,
     tiny_model,
     write_dataset,
     write_labels_json,
@@ -52,10 +53,8 @@ LR = 0.01
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One torch thread: fast on a busy 2-core machine, and as in train_script.py."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,12 @@
 """Shared by tests/test_train.py and tests/train_script.py: a tiny synthetic
 dataset written with PIL (independent of psa_core.data.synthetic) and the tiny
-CAM model."""
+CAM model; `one_torch_thread`, the body of the one-thread module fixtures."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,18 @@ from torch import nn
 
 NUM_CLASSES = 3
 COLOURS = ((220, 40, 40), (40, 200, 60), (50, 60, 230))
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """torch at one thread inside, the previous count restored after (a module fixture's
+    body: small tensors on a busy 2-core machine run faster on one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def tiny_model(num_classes: int = NUM_CLASSES, seed: int = 0) -> nn.Module:
