@@ -59,7 +59,7 @@ from benchmarks.families import FAMILIES, set_constants  # noqa: E402
 from psa_core import io, settings  # noqa: E402
 from psa_core.cam import fit_cam, multiscale_cam  # noqa: E402
 from psa_core.data import generate_synthetic, index_split, read_classes  # noqa: E402
-from psa_core.evaluate import CamThresholdSweep  # noqa: E402
+from psa_core.evaluate import CamThresholdSweep, last_epoch_losses  # noqa: E402
 from psa_core.models import create_model  # noqa: E402
 from psa_core.models.tiny import TinyNet, _conv_norm_relu  # noqa: E402
 
@@ -215,8 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             checkpoint_path=Path(tmp) / "c.pt", log_csv=Path(tmp) / "log.csv", progress=False,
         )  # fmt: skip
         seconds = time.perf_counter() - start
-        rows = [line.split(",") for line in (Path(tmp) / "log.csv").read_text().splitlines()]
-        last = {row[2]: float(row[3]) for row in rows[1:]}
+        last = last_epoch_losses(Path(tmp) / "log.csv")
         net.eval()
         peaks: list[bool] = []  # per (image, present class): the CAM's peak on that class
         mass: list[float] = []  # share of the class's CAM mass on that class's pixels

@@ -487,10 +487,10 @@ def _walk_changes_row(split: str, changes: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def final_loss(log_csv: str | os.PathLike) -> tuple[str, float]:
-    """The final loss in a training log (`psa_core.training`'s CSV: step, epoch, phase,
-    loss, ...): ("val", the last val row's loss) when the run validated, else ("train",
-    the mean of the last epoch's train rows)."""
+def last_epoch_losses(log_csv: str | os.PathLike) -> dict[str, float]:
+    """The losses at the end of a training log (`psa_core.training`'s CSV: step, epoch,
+    phase, loss, ...): {"train": the mean of the last epoch's train rows, "val": the
+    last val row's loss}, each phase only when the log has rows of it."""
     try:
         with open(log_csv, newline="") as handle:
             rows = list(csv.DictReader(handle))
@@ -498,12 +498,23 @@ def final_loss(log_csv: str | os.PathLike) -> tuple[str, float]:
         train = [(int(r["epoch"]), float(r["loss"])) for r in rows if r["phase"] == "train"]
     except (KeyError, TypeError, ValueError) as exc:
         raise PsaError(f"{log_csv}: not a training log ({exc}); rerun the training") from exc
+    losses = {}
+    if train:
+        last = train[-1][0]
+        losses["train"] = float(np.mean([loss for epoch, loss in train if epoch == last]))
     if val:
-        return "val", val[-1]
-    if not train:
-        raise PsaError(f"{log_csv}: the training log has no loss rows; rerun the training")
-    last = train[-1][0]
-    return "train", float(np.mean([loss for epoch, loss in train if epoch == last]))
+        losses["val"] = val[-1]
+    return losses
+
+
+def final_loss(log_csv: str | os.PathLike) -> tuple[str, float]:
+    """The final loss of a training log (`last_epoch_losses`): ("val", its loss) when
+    the run validated, else ("train", the last epoch's mean)."""
+    losses = last_epoch_losses(log_csv)
+    for phase in ("val", "train"):
+        if phase in losses:
+            return phase, losses[phase]
+    raise PsaError(f"{log_csv}: the training log has no loss rows; rerun the training")
 
 
 def loss_and_guess(

@@ -17,6 +17,7 @@ from psa_core.evaluate import (
     classifier_check,
     evaluate_cams,
     final_loss,
+    last_epoch_losses,
     summary_rows,
     write_cam_report,
 )
@@ -188,6 +189,7 @@ def test_final_loss_is_the_last_val_row_or_the_last_epochs_mean_train_loss(tmp_p
     assert final_loss(log) == ("train", pytest.approx(0.5))
     log.write_text(LOG_HEADER + "2,1,val,0.7,,,2\n" + train_rows + "4,2,val,0.55,,,4\n")
     assert final_loss(log) == ("val", 0.55)
+    assert last_epoch_losses(log) == {"train": pytest.approx(0.5), "val": 0.55}
 
 
 @pytest.mark.parametrize(
