@@ -28,7 +28,7 @@ Determinism and resume
   No global numpy / Python RNG is used, so none is saved.
 - Calling `train` again with the checkpoint present continues from it; on CPU
   the final weights are bit-identical to an uninterrupted run. A checkpoint
-  whose fingerprint (the settings section's values but `SPEED_ONLY_SETTINGS`,
+  whose fingerprint (`result_settings`: the section's values but the speed-only ones,
   seed, AMP dtype, model layout, dataset names / labels / augmentation,
   caller's `config`) differs is refused with a PsaError.
 - On completion the weights (`model.state_dict()` only) are written
@@ -96,6 +96,13 @@ the deeper queue rides out a batch of slow samples (large images)."""
 SPEED_ONLY_SETTINGS = ("num_workers", "image_cache_mb")
 """Settings that change the speed, never the result: not part of a run's fingerprint,
 so a run may resume with other values."""
+
+
+def result_settings(settings: Any) -> dict[str, Any]:
+    """A training section's values that can change its result (all but
+    `SPEED_ONLY_SETTINGS`): the settings part of a run's fingerprint."""
+    return {k: v for k, v in as_dict(settings).items() if k not in SPEED_ONLY_SETTINGS}
+
 
 LossFn = Callable[[nn.Module, Any], tuple[torch.Tensor, Mapping[str, Any]]]
 """`loss_fn(model, batch) -> (scalar loss, {part name: scalar})`; `batch` is
@@ -428,7 +435,7 @@ def train(
             f"batch_size {batch_size} is larger than the training set ({n} images); lower it"
         )
     fingerprint = {
-        "settings": {k: v for k, v in as_dict(settings).items() if k not in SPEED_ONLY_SETTINGS},
+        "settings": result_settings(settings),
         "seed": seed,
         "amp_dtype": str(amp),
         "model": digest([(k, list(v.shape)) for k, v in model.state_dict().items()]),

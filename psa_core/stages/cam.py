@@ -65,7 +65,7 @@ def train_cam(
         val_labels: their labels (default: the training split's).
     """
     from psa_core.cam import fit_cam
-    from psa_core.training import SPEED_ONLY_SETTINGS, digest
+    from psa_core.training import digest, result_settings
 
     classes, label_map = read_labels(data.labels)
     images = data.image_files()
@@ -92,8 +92,7 @@ def train_cam(
     if cam.attempts == 1:
         fit(files, run)
     else:
-        settings = {k: v for k, v in as_dict(one).items() if k not in SPEED_ONLY_SETTINGS}
-        key = {"cam": settings, "model": as_dict(model), "init": str(files.init)}
+        key = {"cam": result_settings(one), "model": as_dict(model), "init": str(files.init)}
         key |= {"names": names, "val_names": val_names}
         key["labels"] = [label_map[name].tolist() for name in names + (val_names or [])]
         _fit_attempts(
