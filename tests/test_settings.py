@@ -66,8 +66,8 @@ def test_committed_config_is_valid_and_names_only_known_keys() -> None:
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     assert settings.config_errors(config) == []
     complete = settings.complete_config(config)
-    assert complete["crf"]["alpha_low"] == 8.0  # the demo's value, not the default
-    assert complete["crf"]["alpha_high"] == 32.0  # filled from the published default
+    assert complete["cam"]["lr"] == 0.01  # the demo's value, not the default
+    assert complete["cam"]["flip"] is True  # filled from the published default
     assert complete["cam"]["infer"]["scales"] == [1.0, 0.5, 1.5, 2.0]
     assert json.loads(json.dumps(complete)) == complete  # plain JSON data
 
