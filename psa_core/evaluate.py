@@ -498,7 +498,7 @@ def last_epoch_losses(log_csv: str | os.PathLike) -> dict[str, float]:
         train = [(int(r["epoch"]), float(r["loss"])) for r in rows if r["phase"] == "train"]
     except (KeyError, TypeError, ValueError) as exc:
         raise PsaError(f"{log_csv}: not a training log ({exc}); rerun the training") from exc
-    losses = {}
+    losses: dict[str, float] = {}
     if train:
         last = train[-1][0]
         losses["train"] = float(np.mean([loss for epoch, loss in train if epoch == last]))
