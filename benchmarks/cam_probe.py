@@ -93,23 +93,32 @@ def _demo(root: Path, seed: int) -> None:
     )
 
 
+def pooled_scores(scores: torch.Tensor, pool: str) -> torch.Tensor:
+    """(B, K, cells) class scores -> (B, K) image scores by `pool`: mean (the published
+    global average pooling), max, lse:R (log-sum-exp at sharpness R) or topk:FRACTION
+    (the mean of the top FRACTION of the cells)."""
+    kind, _, arg = pool.partition(":")
+    if kind == "mean":
+        return scores.mean(2)
+    if kind == "max":
+        return scores.amax(2)
+    if kind == "lse":
+        r = float(arg)
+        return (torch.logsumexp(r * scores, 2) - np.log(scores.shape[2])) / r
+    if kind == "topk":
+        k = max(1, int(np.ceil(float(arg) * scores.shape[2])))
+        return scores.topk(k, dim=2).values.mean(2)
+    raise SystemExit(f"--pool {pool}: use mean, max, lse:R or topk:FRACTION")
+
+
 def _pooling(head: nn.Module, pool: str) -> None:
     """Replace the CAM head's global average pooling (of the class scores per cell)."""
     if pool == "mean":
         return
-    kind, _, arg = pool.partition(":")
 
     def forward(feature: torch.Tensor) -> torch.Tensor:
         scores = nn.functional.conv2d(head.dropout7(feature), head.fc8.weight).flatten(2)
-        if kind == "max":
-            return scores.amax(2)
-        if kind == "lse":
-            r = float(arg)
-            return (torch.logsumexp(r * scores, 2) - np.log(scores.shape[2])) / r
-        if kind == "topk":
-            k = max(1, int(np.ceil(float(arg) * scores.shape[2])))
-            return scores.topk(k, dim=2).values.mean(2)
-        raise SystemExit(f"--pool {pool}: use mean, max, lse:R or topk:FRACTION")
+        return pooled_scores(scores, pool)
 
     head.forward = forward
 

@@ -45,14 +45,15 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.cam_probe import pooled_scores  # noqa: E402
 from benchmarks.families import FAMILIES  # noqa: E402
 from psa_core import io  # noqa: E402
+from psa_core.constants import IGNORE_INDEX  # noqa: E402
 from psa_core.data import index_split, read_classes  # noqa: E402
-from psa_core.metrics import constant_guess_loss  # noqa: E402
+from psa_core.metrics import confusion_matrix, constant_guess_loss, iou  # noqa: E402
 from psa_core.models import create_model  # noqa: E402
 from psa_core.transforms import IMAGENET_NORMALIZATION  # noqa: E402
 
-IGNORE = 255
 MASK_OFFSET = 1000.0
 """Masks ride along the image as a fourth channel, offset so that padding is 'ignore'."""
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and training")
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--scale", type=float, nargs=2, default=[0.75, 1.25])
-    parser.add_argument("--pool", default="mean", help="mean | topk:FRACTION")
+    parser.add_argument("--pool", default="mean", help="mean | max | lse:R | topk:FRACTION")
     parser.add_argument("--weight-decay", type=float, default=None, help="default: cam's")
     parser.add_argument("--norm", choices=("bn", "gn"), default="bn")
     parser.add_argument("--mixup", type=float, default=0.0)
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         t[:3] = t[:3] * rng.uniform(0.7, 1.3) + rng.uniform(-0.3, 0.3)
         out = torch.zeros(t.shape[0], crop, crop)
         if args.supervision == "masks":
-            out[3] = IGNORE + MASK_OFFSET
+            out[3] = IGNORE_INDEX + MASK_OFFSET
         height, width = t.shape[1:]
         y0, x0 = (
             rng.integers(0, max(height - crop, 0) + 1),
@@ -142,11 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     params = [*net.parameters(), *segment.parameters()]
 
     def class_scores(x: torch.Tensor) -> torch.Tensor:
-        scores = F.conv2d(backbone(x)["conv6"], fc8.weight).flatten(2)
-        if args.pool == "mean":
-            return scores.mean(2)
-        share = float(args.pool.removeprefix("topk:"))
-        return scores.topk(max(1, int(np.ceil(share * scores.shape[2]))), 2).values.mean(2)
+        return pooled_scores(F.conv2d(backbone(x)["conv6"], fc8.weight).flatten(2), args.pool)
 
     def segment_logits(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         logits = segment(backbone(x)["conv6"])
@@ -173,20 +170,20 @@ def main(argv: list[str] | None = None) -> None:
                 loss = float(np.mean(losses))
                 text = f"val loss {loss:.3f}, share of the constant guess {loss / guess:.2f}"
             else:
-                confusion = np.zeros((k + 1, k + 1))
+                confusion = np.zeros((k + 1, k + 1), dtype=np.int64)
                 for image, mask in zip(val_images, val_masks, strict=True):
                     x = F.interpolate(
                         tensor(image)[None], scale_factor=float(np.mean(args.scale)),
                         mode="bilinear", align_corners=False,
                     )  # fmt: skip
                     pred = segment_logits(x, mask.shape)[0].argmax(0).numpy()
-                    ok = mask != IGNORE
-                    confusion += np.bincount(
-                        (k + 1) * mask[ok].astype(int) + pred[ok], minlength=(k + 1) ** 2
-                    ).reshape(k + 1, k + 1)
-                union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
-                iou = 100 * np.diag(confusion) / np.maximum(union, 1)
-                text = f"val mIoU {iou.mean():.1f} (" + " ".join(f"{v:.1f}" for v in iou) + ")"
+                    confusion += confusion_matrix(pred, mask, k + 1)
+                miou, per_class = iou(confusion)
+                text = (
+                    f"val mIoU {100 * miou:.1f} ("
+                    + " ".join(f"{100 * v:.1f}" for v in per_class)
+                    + ")"
+                )
         net.train()
         segment.train()
         return text
@@ -215,12 +212,12 @@ def main(argv: list[str] | None = None) -> None:
                 target = (x[:, 3] - MASK_OFFSET).long()
                 weight = None
                 if args.balanced:
-                    known = target[target != IGNORE]
+                    known = target[target != IGNORE_INDEX]
                     count = torch.bincount(known, minlength=k + 1).float() + 1
                     weight = (count.sum() / count) ** 0.5
                     weight = weight / weight.mean()
                 logits = segment_logits(x[:, :3], target.shape[1:])
-                loss = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE)
+                loss = F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
